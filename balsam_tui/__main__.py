@@ -1,0 +1,3 @@
+from balsam_tui.cli import main
+
+raise SystemExit(main())
