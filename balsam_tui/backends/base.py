@@ -108,11 +108,18 @@ class TaskStatus:
 
 @dataclass(frozen=True)
 class InFlightTask:
-    """What the engine tells a backend about a task it is asking after."""
+    """What the engine tells a backend about a task it is asking after.
+
+    ``load_spec`` rebuilds the task's spec from the store (its still-unsettled items
+    with both ends resolved). It costs a query, so a backend calls it only when it
+    must map the service's per-file report back to items; it is ``None`` where the
+    engine has nothing to offer (a cancel).
+    """
 
     task_id: int
     backend_task_id: str | None
     submission_id: str
+    load_spec: Callable[[], TaskSpec] | None = field(default=None, compare=False)
 
 
 class BackendError(Exception):
@@ -151,6 +158,8 @@ class Backend(Protocol):
     """The interface the engine drives. Every method is called from one thread."""
 
     protocol: str
+    #: The least time, in seconds, between two polls (a service's rate limits).
+    min_poll_interval: float
 
     def new_submission_id(self) -> str:
         """A fresh id that makes a later repeat of the same submission a no-op."""

@@ -36,6 +36,7 @@ from balsam_tui.backends.base import (
     TaskStatus,
 )
 from balsam_tui.backends.registry import BackendUnavailable, make_backend
+from balsam_tui.engine.lock import SiteLock
 from balsam_tui.engine.planning import (
     Allotment,
     Group,
@@ -111,6 +112,7 @@ class Engine:
         self._stale_backends: set[str] = set()
         self._backend_problems: dict[str, str] = {}
         self._not_before: dict[str, float] = {}
+        self._last_poll: dict[str, float] = {}
         self._poll_failures: dict[str, int] = {}
         self._cancel_sent: set[int] = set()
         self._settings_problem = ""
@@ -184,6 +186,8 @@ class Engine:
 
     def run(self, *, exit_when_idle: bool = False) -> None:
         """Run cycles until ``stop()`` (or, with ``exit_when_idle``, until idle)."""
+        lock = SiteLock(self.site.root)
+        lock.acquire()
         log.info("engine started for site %s", self.site.root)
         try:
             while not self._stop.is_set():
@@ -194,6 +198,7 @@ class Engine:
                 self._wait(self._next_timeout())
         finally:
             self.close()
+            lock.release()
 
     def run_cycle(self, *, force_publish: bool = True) -> EngineSnapshot:
         """One cycle: commands, poll and settle, plan and submit, publish."""
@@ -381,7 +386,9 @@ class Engine:
                 continue
             self._resubmit_due(backend, [t for t in group if t.state == TaskState.SUBMITTING])
             active = [t for t in group if t.state == TaskState.ACTIVE]
-            if active:
+            interval = getattr(backend, "min_poll_interval", 0.0)
+            if active and self._clock() - self._last_poll.get(protocol, 0.0) >= interval:
+                self._last_poll[protocol] = self._clock()
                 self._poll(protocol, backend, active)
 
     def _send_cancels(self, backend: Backend, tasks: list[TaskRecord]) -> None:
@@ -423,7 +430,7 @@ class Engine:
 
     def _poll(self, protocol: str, backend: Backend, tasks: list[TaskRecord]) -> None:
         try:
-            statuses = backend.poll([_in_flight(t) for t in tasks])
+            statuses = backend.poll([self._in_flight_with_spec(t) for t in tasks])
         except CredentialsRequired as exc:
             self._credentials_needed(protocol, exc)
             return
@@ -448,6 +455,15 @@ class Engine:
                     self._send_cancels(backend, [fresh] if fresh else [])
             except Exception:
                 log.exception("task %d: settling failed; will retry next cycle", task.id)
+
+    def _in_flight_with_spec(self, task: TaskRecord) -> InFlightTask:
+        def load_spec() -> TaskSpec:
+            items = task_store.task_items(
+                self.db, task.id, (ItemState.ACTIVE, ItemState.INACTIVE)
+            )
+            return self._spec(task, items)[0]
+
+        return InFlightTask(task.id, task.backend_task_id, task.submission_id, load_spec)
 
     def _settle(
         self, task: TaskRecord, items: list[ItemRecord], status: TaskStatus
