@@ -12,8 +12,9 @@ Modelled on Balsam's own API so that scripts read the same::
         print(item.remote_path, item.task_id)
 
 The site is found as every command finds it (``BALSAM_SITE_PATH``, then the current
-directory); ``use_site`` picks one explicitly. The store is shared safely with a
-running engine: each call is its own short transaction.
+directory); ``use_site`` picks one explicitly and ``close`` lets go of it. The
+store is shared safely with a running engine: each call is its own short
+transaction.
 """
 
 from __future__ import annotations
@@ -25,12 +26,20 @@ from typing import Any
 
 from balsam_tui.settings import SiteSettings, load_settings
 from balsam_tui.site import Site, resolve_site
-from balsam_tui.store import Database, NotFound
+from balsam_tui.store import Database, NotFound, ValidationError
 from balsam_tui.store import jobs as job_store
 from balsam_tui.store.jobs import ItemQuery, JobQuery, JobSpec
 from balsam_tui.store.records import AppRecord, ItemRecord, JobRecord
 
-__all__ = ["App", "Job", "TransferItem", "use_site", "NotFound"]
+__all__ = [
+    "App",
+    "Job",
+    "TransferItem",
+    "use_site",
+    "close",
+    "NotFound",
+    "ValidationError",
+]
 
 
 class _Connection:
@@ -62,6 +71,15 @@ def use_site(path: str | os.PathLike[str] | None = None) -> Site:
         return _current.site
 
 
+def close() -> None:
+    """Close the store's connections; the next call finds the site afresh."""
+    global _current
+    with _current_lock:
+        if _current is not None:
+            _current.db.close()
+        _current = None
+
+
 def _connection() -> _Connection:
     global _current
     with _current_lock:
@@ -75,10 +93,15 @@ def _connection() -> _Connection:
 
 class _AppManager:
     def create(
-        self, name: str, transfers: Mapping[str, Any] | None = None, description: str = ""
+        self,
+        name: str,
+        transfers: Mapping[str, Any] | None = None,
+        description: str = "",
     ) -> AppRecord:
         """Create an app (or replace the slots of the app of that name)."""
-        return job_store.create_app(_connection().db, name, transfers or {}, description)
+        return job_store.create_app(
+            _connection().db, name, transfers or {}, description
+        )
 
     def get(self, name: str) -> AppRecord:
         return job_store.get_app(_connection().db, name)
@@ -118,7 +141,7 @@ class Job:
         self.workdir = workdir
         self.app = app
         self.transfers = dict(transfers or {})
-        self.parents = [p.id if isinstance(p, Job) else p for p in parents]
+        self.parents = [_parent_id(workdir, p) for p in parents]
         self.tags = dict(tags or {})
         self.state: str | None = None
         self.state_reason = ""
@@ -126,8 +149,9 @@ class Job:
 
     @classmethod
     def _from_record(cls, record: JobRecord) -> Job:
-        job = cls(record.workdir, record.app_name, parents=record.parents,
-                  tags=record.tags)
+        job = cls(
+            record.workdir, record.app_name, parents=record.parents, tags=record.tags
+        )
         job.id = record.id
         job.state = job._saved_state = record.state
         job.state_reason = record.state_reason
@@ -135,16 +159,20 @@ class Job:
 
     def _spec(self) -> JobSpec:
         return JobSpec(
-            workdir=self.workdir, app=self.app, transfers=self.transfers,
-            parents=[int(p) for p in self.parents if p is not None], tags=self.tags,
+            workdir=self.workdir,
+            app=self.app,
+            transfers=self.transfers,
+            parents=self.parents,
+            tags=self.tags,
         )
 
     def save(self) -> Job:
         """Create the job, or record a change of its state."""
         conn = _connection()
         if self.id is None:
-            (self.id,) = job_store.create_jobs(conn.db, [self._spec()],
-                                               conn.settings.locations)
+            (self.id,) = job_store.create_jobs(
+                conn.db, [self._spec()], conn.settings.locations
+            )
         elif self.state != self._saved_state and self.state is not None:
             job_store.set_job_states(conn.db, [self.id], self.state, source="api")
         return self.refresh_from_db()
@@ -168,11 +196,23 @@ class Job:
         return f"Job(id={self.id}, workdir={self.workdir!r}, state={self.state})"
 
 
+def _parent_id(workdir: str, parent: int | Job) -> int:
+    if not isinstance(parent, Job):
+        return parent
+    if parent.id is None:
+        # Dropping it would start the child before its parent has even run.
+        raise ValidationError(
+            f"job {workdir!r}: parent job {parent.workdir!r} is not saved yet; "
+            "create the parent first"
+        )
+    return parent.id
+
+
 class JobQuerySet:
     """A lazy, chainable selection of jobs, evaluated in the store."""
 
-    def __init__(self, query: JobQuery = JobQuery()) -> None:
-        self._query = query
+    def __init__(self, query: JobQuery | None = None) -> None:
+        self._query = query or JobQuery()
 
     def filter(
         self,
@@ -233,7 +273,7 @@ class _JobManager(JobQuerySet):
         ids = job_store.create_jobs(
             conn.db, [job._spec() for job in jobs], conn.settings.locations
         )
-        for job, job_id in zip(jobs, ids):
+        for job, job_id in zip(jobs, ids, strict=True):
             job.id = job_id
         records = {r.id: r for r in job_store.list_jobs(conn.db, JobQuery(ids=ids))}
         for job in jobs:
@@ -254,8 +294,8 @@ Job.objects = _JobManager()
 class ItemQuerySet:
     """A lazy selection of transfer items, evaluated in the store."""
 
-    def __init__(self, query: ItemQuery = ItemQuery()) -> None:
-        self._query = query
+    def __init__(self, query: ItemQuery | None = None) -> None:
+        self._query = query or ItemQuery()
 
     def filter(
         self,
@@ -270,15 +310,18 @@ class ItemQuerySet:
         q = self._query
         ids = [id] if isinstance(id, int) else id
         job_ids = [job_id] if isinstance(job_id, int) else job_id
-        return ItemQuerySet(ItemQuery(
-            ids=ids if ids is not None else q.ids,
-            job_ids=job_ids if job_ids is not None else q.job_ids,
-            direction=direction if direction is not None else q.direction,
-            state=state if state is not None else q.state,
-            location_alias=location_alias if location_alias is not None
-            else q.location_alias,
-            task_id=task_id if task_id is not None else q.task_id,
-        ))
+        return ItemQuerySet(
+            ItemQuery(
+                ids=ids if ids is not None else q.ids,
+                job_ids=job_ids if job_ids is not None else q.job_ids,
+                direction=direction if direction is not None else q.direction,
+                state=state if state is not None else q.state,
+                location_alias=location_alias
+                if location_alias is not None
+                else q.location_alias,
+                task_id=task_id if task_id is not None else q.task_id,
+            )
+        )
 
     def count(self) -> int:
         return job_store.count_items(_connection().db, self._query)
@@ -295,6 +338,6 @@ class ItemQuerySet:
 
 
 class TransferItem:
-    """Transfer items (one per filled slot of a job); ``TransferItem.objects`` queries."""
+    """Transfer items (one per filled slot of a job), found with ``.objects``."""
 
     objects = ItemQuerySet()

@@ -32,17 +32,33 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--site", help="the site directory (else BALSAM_SITE_PATH, "
-                        "the current directory, or the default site)")
-    parser.add_argument("--no-ui", action="store_true",
-                        help="run the engine headless: log lines instead of a console")
-    parser.add_argument("--demo", action="store_true",
-                        help="run on a new throw-away demo site with a simulated "
-                        "compute side")
-    parser.add_argument("--exit-when-idle", action="store_true",
-                        help="with --no-ui: stop once nothing is pending or in flight")
-    parser.add_argument("--summary-every", type=float, default=30.0, metavar="SECONDS",
-                        help="with --no-ui: seconds between summary lines (default 30)")
+    parser.add_argument(
+        "--site",
+        help="the site directory (else BALSAM_SITE_PATH, "
+        "the current directory, or the default site)",
+    )
+    parser.add_argument(
+        "--no-ui",
+        action="store_true",
+        help="run the engine headless: log lines instead of a console",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="run on a new throw-away demo site with a simulated compute side",
+    )
+    parser.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="with --no-ui: stop once nothing is pending or in flight",
+    )
+    parser.add_argument(
+        "--summary-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --no-ui: seconds between summary lines (default 30)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
     parser.add_argument("--version", action="store_true", help="print the version")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -51,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
 
     p = sub.add_parser("submit", help="add apps and jobs from a YAML file")
-    p.add_argument("file", help="YAML with 'apps:' (name -> slots) and 'jobs:' (a list)")
+    p.add_argument(
+        "file", help="YAML with 'apps:' (name -> slots) and 'jobs:' (a list)"
+    )
 
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--state", action="append", help="only this state (repeatable)")
@@ -114,12 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _expected_message(exc: Exception) -> str | None:
     """The one line for an expected failure; ``None`` for a bug (keep its traceback)."""
+    from balsam_tui.engine.lock import EngineAlreadyRunning
     from balsam_tui.locations import LocationError
     from balsam_tui.settings import SettingsError
     from balsam_tui.site import SiteError
     from balsam_tui.store import StoreError
 
-    if isinstance(exc, (SettingsError, SiteError, StoreError, LocationError)):
+    if isinstance(
+        exc, (SettingsError, SiteError, StoreError, LocationError, EngineAlreadyRunning)
+    ):
         return str(exc)
     if isinstance(exc, _InputError):
         return str(exc)
@@ -143,8 +164,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     site = _site(args)
     handler = {
-        "submit": _submit, "jobs": _jobs, "items": _items, "tasks": _tasks,
-        "set-state": _set_state, "retry": _retry, "journal": _journal,
+        "submit": _submit,
+        "jobs": _jobs,
+        "items": _items,
+        "tasks": _tasks,
+        "set-state": _set_state,
+        "retry": _retry,
+        "journal": _journal,
         "settings": _settings,
     }[args.command]
     return handler(site, args)
@@ -165,8 +191,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.no_ui:
         from balsam_tui.headless import run_headless
 
+        _db(site).close()  # an unusable store fails here in one line, not in the engine
+
         return run_headless(
-            site, exit_when_idle=args.exit_when_idle, summary_every=args.summary_every,
+            site,
+            exit_when_idle=args.exit_when_idle,
+            summary_every=args.summary_every,
             verbose=args.verbose,
         )
     from balsam_tui.ui import run_console  # the only path that imports Textual
@@ -175,18 +205,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _db(site):
+    import sqlite3
+
     from balsam_tui.store import Database
 
-    return Database(site.store_path)
+    try:
+        return Database(site.store_path)
+    except sqlite3.DatabaseError as exc:
+        # A damaged file, or not a SQLite file at all: say which file, not where.
+        raise _InputError(f"{site.store_path}: cannot open the store ({exc})") from None
 
 
 # -- submit -------------------------------------------------------------------------
 
 
 def _submit(site, args: argparse.Namespace) -> int:
+    """Save the file's apps and create its jobs: all of them, or nothing."""
     import yaml
 
     from balsam_tui.settings import load_settings
+    from balsam_tui.store import ValidationError
     from balsam_tui.store import jobs as job_store
 
     try:
@@ -196,42 +234,76 @@ def _submit(site, args: argparse.Namespace) -> int:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise _InputError(f"{args.file}{where}: not valid YAML") from None
+    except UnicodeDecodeError as exc:
+        raise _InputError(
+            f"{args.file}: not UTF-8 text (bad byte at offset {exc.start})"
+        ) from None
     if not isinstance(doc, dict) or set(doc) - {"apps", "jobs"}:
         raise _InputError(f"{args.file}: expected a mapping with 'apps' and/or 'jobs'")
-
-    db = _db(site)
     apps = doc.get("apps") or {}
     if not isinstance(apps, dict):
         raise _InputError(f"{args.file}: 'apps' must map app names to their slots")
-    for name, spec in apps.items():
-        spec = spec or {}
-        if not isinstance(spec, dict):
-            raise _InputError(f"{args.file}: app {name!r} must be a mapping")
-        job_store.create_app(db, name, spec.get("transfers") or {},
-                             spec.get("description", ""))
+    app_specs = [_app_spec(args.file, name, spec) for name, spec in apps.items()]
     jobs = doc.get("jobs") or []
     if not isinstance(jobs, list):
         raise _InputError(f"{args.file}: 'jobs' must be a list")
     specs = [_job_spec(args.file, n, entry) for n, entry in enumerate(jobs, 1)]
-    ids = job_store.create_jobs(db, specs, load_settings(site.settings_path).locations)
-    print(f"{len(apps)} app(s) saved, {len(ids)} job(s) created"
-          + (f" (ids {ids[0]}..{ids[-1]})" if ids else ""))
+    locations = load_settings(site.settings_path).locations
+
+    db = _db(site)
+    try:
+        # One transaction, so that a file refused half-way leaves nothing behind
+        # and can simply be submitted again once fixed.
+        with db.write():
+            for name, transfers, description in app_specs:
+                job_store.create_app(db, name, transfers, description)
+            ids = job_store.create_jobs(db, specs, locations)
+    except ValidationError as exc:
+        raise _InputError(f"{args.file}: {exc}") from None
+    print(
+        f"{len(apps)} app(s) saved, {len(ids)} job(s) created"
+        + (f" (ids {ids[0]}..{ids[-1]})" if ids else "")
+    )
     return 0
+
+
+def _app_spec(path: str, name: Any, spec: Any) -> tuple[Any, Any, str]:
+    spec = spec or {}
+    if not isinstance(spec, dict) or set(spec) - {"transfers", "description"}:
+        raise _InputError(
+            f"{path}: app {name!r} must be a mapping with transfers "
+            "(and optional description)"
+        )
+    description = spec.get("description") or ""
+    if not isinstance(description, str):
+        raise _InputError(f"{path}: app {name!r}: description must be text")
+    return name, spec.get("transfers") or {}, description
 
 
 def _job_spec(path: str, n: int, entry: Any):
     from balsam_tui.store.jobs import JobSpec
 
     allowed = {"workdir", "app", "transfers", "parents", "tags"}
-    if not isinstance(entry, dict) or set(entry) - allowed or not {"workdir", "app"} <= set(entry):
+    if (
+        not isinstance(entry, dict)
+        or set(entry) - allowed
+        or not {"workdir", "app"} <= set(entry)
+    ):
         raise _InputError(
             f"{path}: job #{n} must be a mapping with workdir and app "
             f"(and optional {', '.join(sorted(allowed - {'workdir', 'app'}))})"
         )
+    tags = entry.get("tags") or {}
+    if not isinstance(tags, dict):
+        raise _InputError(
+            f"{path}: job #{n}: tags must be a mapping of names to values"
+        )
     return JobSpec(
-        workdir=entry["workdir"], app=entry["app"],
-        transfers=entry.get("transfers") or {}, parents=entry.get("parents") or [],
-        tags={str(k): str(v) for k, v in (entry.get("tags") or {}).items()},
+        workdir=entry["workdir"],
+        app=entry["app"],
+        transfers=entry.get("transfers") or {},
+        parents=entry.get("parents") or [],
+        tags={str(k): str(v) for k, v in tags.items()},
     )
 
 
@@ -250,8 +322,15 @@ def _jobs(site, args: argparse.Namespace) -> int:
     query = job_store.JobQuery(state=args.state, app=args.app, tags=tags or None)
     records = job_store.list_jobs(_db(site), query, limit=args.limit or None)
     rows = [
-        {"id": r.id, "workdir": r.workdir, "app": r.app_name, "state": r.state,
-         "reason": r.state_reason, "parents": list(r.parents), "tags": dict(r.tags)}
+        {
+            "id": r.id,
+            "workdir": r.workdir,
+            "app": r.app_name,
+            "state": r.state,
+            "reason": r.state_reason,
+            "parents": list(r.parents),
+            "tags": dict(r.tags),
+        }
         for r in records
     ]
     return _print_rows(rows, args.json, ["id", "state", "app", "workdir", "reason"])
@@ -261,22 +340,44 @@ def _items(site, args: argparse.Namespace) -> int:
     from balsam_tui.store import jobs as job_store
 
     query = job_store.ItemQuery(
-        job_ids=args.jobs, direction=args.direction, state=args.state,
-        location_alias=args.alias, task_id=args.task,
+        job_ids=args.jobs,
+        direction=args.direction,
+        state=args.state,
+        location_alias=args.alias,
+        task_id=args.task,
     )
     records = job_store.list_items(_db(site), query, limit=args.limit or None)
     rows = [
-        {"id": r.id, "job_id": r.job_id, "slot": r.slot, "direction": r.direction,
-         "state": r.state, "location_alias": r.location_alias,
-         "remote_path": r.remote_path, "local_path": r.local_path,
-         "task_id": r.task_id, "attempts": r.attempts, "error": r.error,
-         "transfer_info": dict(r.transfer_info)}
+        {
+            "id": r.id,
+            "job_id": r.job_id,
+            "slot": r.slot,
+            "direction": r.direction,
+            "state": r.state,
+            "location_alias": r.location_alias,
+            "remote_path": r.remote_path,
+            "local_path": r.local_path,
+            "task_id": r.task_id,
+            "attempts": r.attempts,
+            "error": r.error,
+            "transfer_info": dict(r.transfer_info),
+        }
         for r in records
     ]
     return _print_rows(
-        rows, args.json,
-        ["id", "job_id", "slot", "direction", "state", "location_alias", "remote_path",
-         "task_id", "error"],
+        rows,
+        args.json,
+        [
+            "id",
+            "job_id",
+            "slot",
+            "direction",
+            "state",
+            "location_alias",
+            "remote_path",
+            "task_id",
+            "error",
+        ],
     )
 
 
@@ -288,9 +389,21 @@ def _tasks(site, args: argparse.Namespace) -> int:
     records = task_store.recent_tasks(_db(site), args.limit)
     rows = [asdict(r) for r in records]
     return _print_rows(
-        rows, args.json,
-        ["id", "direction", "location_alias", "state", "remote_state", "item_count",
-         "files_done", "files_failed", "bytes_done", "status_text", "backend_task_id"],
+        rows,
+        args.json,
+        [
+            "id",
+            "direction",
+            "location_alias",
+            "state",
+            "remote_state",
+            "item_count",
+            "files_done",
+            "files_failed",
+            "bytes_done",
+            "status_text",
+            "backend_task_id",
+        ],
     )
 
 
@@ -299,8 +412,9 @@ def _journal(site, args: argparse.Namespace) -> int:
 
     from balsam_tui.store import jobs as job_store
 
-    entries = job_store.recent_journal(_db(site), args.limit, job_id=args.job,
-                                       task_id=args.task)
+    entries = job_store.recent_journal(
+        _db(site), args.limit, job_id=args.job, task_id=args.task
+    )
     if args.json:
         print(json.dumps([asdict(e) for e in entries], indent=2))
         return 0
@@ -338,9 +452,13 @@ def _print_rows(rows: list[dict], as_json: bool, columns: list[str]) -> int:
         return 0
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    print(
+        "  ".join(
+            c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)
+        ).rstrip()
+    )
     for r in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
@@ -372,6 +490,24 @@ def _retry(site, args: argparse.Namespace) -> int:
         query = job_store.ItemQuery(ids=args.item_ids or None, job_ids=args.jobs)
     else:
         raise _InputError("retry what? give ITEM_IDs, --job JOB_ID or --all-errors")
-    n = job_store.retry_items(_db(site), query, source="cli")
-    print(f"{n} item(s) sent back to pending")
+    db = _db(site)
+    _check_exist(db, args.item_ids, args.jobs)
+    n = job_store.retry_items(db, query, source="cli")
+    print(f"{n} item(s) sent back to pending (only failed or held items are retried)")
     return 0
+
+
+def _check_exist(db, item_ids: Sequence[int], job_ids: Sequence[int] | None) -> None:
+    from balsam_tui.store import NotFound
+    from balsam_tui.store import jobs as job_store
+
+    if item_ids:
+        found = job_store.list_items(db, job_store.ItemQuery(ids=item_ids))
+        missing = sorted(set(item_ids) - {item.id for item in found})
+        if missing:
+            raise NotFound(f"no transfer item with id {', '.join(map(str, missing))}")
+    if job_ids:
+        found_jobs = job_store.list_jobs(db, job_store.JobQuery(ids=job_ids))
+        missing = sorted(set(job_ids) - {job.id for job in found_jobs})
+        if missing:
+            raise NotFound(f"no job with id {', '.join(map(str, missing))}")

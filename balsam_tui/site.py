@@ -9,6 +9,7 @@ then a default site in the user's data directory, created on first use.
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,14 @@ def _existing(path: Path, origin: str) -> Site:
 
 
 def init_site(path: str | os.PathLike[str], settings_text: str | None = None) -> Site:
-    """Create a site directory with default settings; keep an existing settings file."""
+    """Create a site directory with default settings; keep an existing settings file.
+
+    The store is created here too, so that it is already in WAL mode when several
+    processes first use the site at once: switching a new file to WAL cannot wait
+    for another writer, and would fail with "database is locked".
+    """
     from balsam_tui.settings import default_settings_text
+    from balsam_tui.store import Database
 
     root = Path(path).expanduser()
     if root.exists() and not root.is_dir():
@@ -96,4 +103,8 @@ def init_site(path: str | os.PathLike[str], settings_text: str | None = None) ->
         site.settings_path.write_text(
             settings_text if settings_text is not None else default_settings_text()
         )
+    try:
+        Database(site.store_path).close()
+    except sqlite3.DatabaseError as exc:
+        raise SiteError(f"{site.store_path}: cannot open the store ({exc})") from None
     return site

@@ -52,7 +52,7 @@ from balsam_tui.engine.reconcile import (
     reconcile,
 )
 from balsam_tui.engine.snapshot import EngineSnapshot, EngineStatus, _frozen
-from balsam_tui.locations import resolved_inside
+from balsam_tui.locations import inside
 from balsam_tui.settings import SettingsError, SiteSettings, load_settings
 from balsam_tui.site import Site
 from balsam_tui.states import ItemState, TaskState
@@ -662,6 +662,7 @@ class Engine:
         location = self._settings.locations.get(task.location_alias)
         workdirs = job_store.workdirs(self.db, [i.job_id for i in items])
         data_dir = str(self.site.data_dir)
+        real_data_dir = os.path.realpath(data_dir)
         files: list[FileCopy] = []
         problems: list[PathProblem] = []
         for item in items:
@@ -672,7 +673,7 @@ class Engine:
             workdir = f"{data_dir}/{workdirs[item.job_id]}"
             resolved = resolve_copy(item, workdir, location)
             if isinstance(resolved, FileCopy) and task.direction == "in":
-                resolved = _ensure_workdir(item.id, workdir, data_dir) or resolved
+                resolved = _check_workdir(item.id, workdir, real_data_dir) or resolved
             if isinstance(resolved, PathProblem):
                 problems.append(resolved)
             else:
@@ -749,13 +750,13 @@ def _job_of(items: Iterable[ItemRecord], item_id: int) -> int:
     return next(i.job_id for i in items if i.id == item_id)
 
 
-def _ensure_workdir(item_id: int, workdir: str, data_dir: str) -> PathProblem | None:
-    """Create a job's workdir for stage-in, refusing one that leads out of data/."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as exc:
-        return PathProblem(item_id, f"cannot create workdir {workdir}: {exc.strerror}")
-    if not resolved_inside(workdir, data_dir):
+def _check_workdir(item_id: int, workdir: str, real_data_dir: str) -> PathProblem | None:
+    """Refuse a workdir that resolves outside data/ (through a symlink, say).
+
+    The workdir need not exist yet: the backend creates it under the resolved path,
+    and ``realpath`` resolves whatever part of it already exists.
+    """
+    if not inside(os.path.realpath(workdir), real_data_dir):
         return PathProblem(item_id, f"workdir {workdir} resolves outside the site's data/")
     return None
 

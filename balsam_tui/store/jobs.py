@@ -35,7 +35,9 @@ from balsam_tui.store.records import (
     Slot,
 )
 
-SLOT_KEYS = frozenset({"direction", "local_path", "required", "description", "recursive"})
+SLOT_KEYS = frozenset(
+    {"direction", "local_path", "required", "description", "recursive"}
+)
 JOB_STATES = frozenset(s.value for s in JobState)
 ITEM_STATES = frozenset(s.value for s in ItemState)
 
@@ -101,7 +103,9 @@ def validate_slots(app: str, transfers: Mapping[str, Any]) -> dict[str, Slot]:
         if not isinstance(name, str) or not name:
             raise ValidationError(f"app {app!r}: slot names must be non-empty strings")
         if not isinstance(spec, Mapping):
-            raise ValidationError(f"{where}: must be a mapping with direction and local_path")
+            raise ValidationError(
+                f"{where}: must be a mapping with direction and local_path"
+            )
         unknown = set(spec) - SLOT_KEYS
         if unknown:
             raise ValidationError(
@@ -110,16 +114,20 @@ def validate_slots(app: str, transfers: Mapping[str, Any]) -> dict[str, Slot]:
             )
         direction = spec.get("direction")
         if direction not in ("in", "out"):
-            raise ValidationError(f"{where}: direction must be 'in' or 'out', not {direction!r}")
+            raise ValidationError(
+                f"{where}: direction must be 'in' or 'out', not {direction!r}"
+            )
         local_path = spec.get("local_path", ".")
         if not isinstance(local_path, str) or not local_path:
             raise ValidationError(f"{where}: local_path must be a non-empty string")
         if local_path.startswith("/"):
             raise ValidationError(
-                f"{where}: local_path {local_path!r} must be relative to the job's workdir"
+                f"{where}: local_path {local_path!r} must be relative to the workdir"
             )
         if has_parent_reference(local_path):
-            raise ValidationError(f"{where}: local_path {local_path!r} may not contain '..'")
+            raise ValidationError(
+                f"{where}: local_path {local_path!r} may not contain '..'"
+            )
         for flag in ("required", "recursive"):
             if not isinstance(spec.get(flag, False), bool):
                 raise ValidationError(f"{where}: {flag} must be true or false")
@@ -148,18 +156,23 @@ def create_app(
     now = time.time()
     with db.write() as conn:
         conn.execute(
-            "INSERT INTO apps (name, description, slots, created_at) VALUES (?, ?, ?, ?)"
+            "INSERT INTO apps (name, description, slots, created_at)"
+            " VALUES (?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET slots = excluded.slots,"
             " description = excluded.description",
             (name, description, payload, now),
         )
-        journal(conn, "app.saved", f"app {name} saved with {len(slots)} slot(s)", now=now)
+        journal(
+            conn, "app.saved", f"app {name} saved with {len(slots)} slot(s)", now=now
+        )
         row = conn.execute("SELECT * FROM apps WHERE name = ?", (name,)).fetchone()
     return AppRecord.from_row(row)
 
 
 def get_app(db: Database, name: str) -> AppRecord:
-    row = db.connection().execute("SELECT * FROM apps WHERE name = ?", (name,)).fetchone()
+    row = (
+        db.connection().execute("SELECT * FROM apps WHERE name = ?", (name,)).fetchone()
+    )
     if row is None:
         raise NotFound(f"no app named {name!r}")
     return AppRecord.from_row(row)
@@ -195,13 +208,22 @@ def validate_job(
     if workdir.startswith("/"):
         raise ValidationError(f"{label}: workdir must be relative to the site's data/")
     if has_parent_reference(workdir) or posixpath.normpath(workdir) in (".", ""):
-        raise ValidationError(f"{label}: workdir may not contain '..' or be data/ itself")
+        raise ValidationError(
+            f"{label}: workdir may not contain '..' or be data/ itself"
+        )
     if not isinstance(spec.transfers, Mapping):
         raise ValidationError(f"{label}: transfers must map slot names to locations")
     if not isinstance(spec.tags, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in spec.tags.items()
     ):
         raise ValidationError(f"{label}: tags must map strings to strings")
+    parents = spec.parents
+    if (
+        not isinstance(parents, Sequence)
+        or isinstance(parents, str)
+        or not all(isinstance(p, int) and not isinstance(p, bool) for p in parents)
+    ):
+        raise ValidationError(f"{label}: parents must be a list of job ids")
     rows = []
     for slot_name, value in spec.transfers.items():
         where = f"{label}, slot {slot_name!r}"
@@ -229,7 +251,8 @@ def validate_job(
             )
         rows.append(_ItemRow(slot, posixpath.normpath(ref.path), ref.alias))
     missing = [
-        name for name, slot in app.slots.items()
+        name
+        for name, slot in app.slots.items()
         if slot.required and name not in spec.transfers
     ]
     if missing:
@@ -307,8 +330,13 @@ def _insert_job(
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
-                job_id, r.slot.name, r.slot.direction, r.slot.local_path,
-                r.remote_path, r.alias, int(r.slot.recursive),
+                job_id,
+                r.slot.name,
+                r.slot.direction,
+                r.slot.local_path,
+                r.remote_path,
+                r.alias,
+                int(r.slot.recursive),
                 ItemState.PENDING
                 if r.slot.direction == Direction.IN and state == JobState.READY
                 else ItemState.AWAITING_JOB,
@@ -318,8 +346,11 @@ def _insert_job(
         ],
     )
     journal(
-        conn, "job.created", f"job {job_id} created in {state} ({len(rows)} item(s))",
-        job_id=job_id, now=now,
+        conn,
+        "job.created",
+        f"job {job_id} created in {state} ({len(rows)} item(s))",
+        job_id=job_id,
+        now=now,
     )
     return job_id
 
@@ -349,6 +380,12 @@ class JobQuery:
             params += ids
         if self.state is not None:
             states = [self.state] if isinstance(self.state, str) else list(self.state)
+            unknown = set(states) - JOB_STATES
+            if unknown:
+                raise ValidationError(
+                    f"unknown job state {sorted(unknown)[0]!r}"
+                    f" (one of: {', '.join(s.value for s in JobState)})"
+                )
             clauses.append(f"jobs.state IN ({','.join('?' * len(states))})")
             params += states
         if self.app is not None:
@@ -367,14 +404,20 @@ class JobQuery:
             )
             params.append(self.alias)
         if self.text:
-            clauses.append("(jobs.workdir LIKE ? OR apps.name LIKE ? OR jobs.tags LIKE ?)")
+            clauses.append(
+                "(jobs.workdir LIKE ? OR apps.name LIKE ? OR jobs.tags LIKE ?)"
+            )
             params += [f"%{self.text}%"] * 3
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 def list_jobs(
-    db: Database, query: JobQuery = JobQuery(), *, limit: int | None = None,
-    offset: int = 0, descending: bool = False,
+    db: Database,
+    query: JobQuery = JobQuery(),
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+    descending: bool = False,
 ) -> list[JobRecord]:
     where, params = query.where()
     sql = f"{_JOB_SELECT}{where} ORDER BY jobs.id {'DESC' if descending else 'ASC'}"
@@ -400,7 +443,9 @@ def get_job(db: Database, job_id: int) -> JobRecord:
     return jobs[0]
 
 
-def _parents_of(conn: sqlite3.Connection, job_ids: list[int]) -> dict[int, tuple[int, ...]]:
+def _parents_of(
+    conn: sqlite3.Connection, job_ids: list[int]
+) -> dict[int, tuple[int, ...]]:
     result: dict[int, list[int]] = {}
     for chunk in _chunks(job_ids, 500):
         rows = conn.execute(
@@ -422,26 +467,36 @@ def _chunks(values: Sequence[int], size: int) -> Iterable[Sequence[int]]:
 
 
 def set_job_states(
-    db: Database, job_ids: Sequence[int], state: str, reason: str = "",
-    *, source: str = "api",
+    db: Database,
+    job_ids: Sequence[int],
+    state: str,
+    reason: str = "",
+    *,
+    source: str = "api",
 ) -> int:
     """Set jobs' states (as the compute side or an operator does); return how many."""
     if state not in JOB_STATES:
         raise ValidationError(
-            f"unknown job state {state!r} (one of: {', '.join(s.value for s in JobState)})"
+            f"unknown job state {state!r}"
+            f" (one of: {', '.join(s.value for s in JobState)})"
         )
     with db.write() as conn:
         marks = ",".join("?" * len(job_ids)) or "NULL"
         found = {
-            r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE id IN ({marks})", job_ids)
+            r[0]
+            for r in conn.execute(f"SELECT id FROM jobs WHERE id IN ({marks})", job_ids)
         }
         missing = sorted(set(job_ids) - found)
         if missing:
             raise NotFound(f"no job with id {', '.join(map(str, missing))}")
         moves = enter_states(
-            conn, [(j, state, reason or f"set by {source}") for j in job_ids], time.time()
+            conn,
+            [(j, state, reason or f"set by {source}") for j in job_ids],
+            time.time(),
         )
-    return len(moves)
+    # ``moves`` also holds what followed (a child released, a job passed on): count
+    # only the jobs asked for.
+    return len({job_id for job_id, _ in moves} & found)
 
 
 def enter_states(
@@ -460,7 +515,13 @@ def enter_states(
         if cursor.rowcount == 0:
             continue
         moved.append((job_id, state))
-        journal(conn, "job.state", f"job {job_id} -> {state}: {reason}", job_id=job_id, now=now)
+        journal(
+            conn,
+            "job.state",
+            f"job {job_id} -> {state}: {reason}",
+            job_id=job_id,
+            now=now,
+        )
         queue.extend(_consequences(conn, job_id, state, now))
     return moved
 
@@ -496,15 +557,20 @@ def _release_items(
     return [(job_id, next_state, f"no {word} items left to move")]
 
 
-def _released_children(conn: sqlite3.Connection, job_id: int) -> list[tuple[int, str, str]]:
+def _released_children(
+    conn: sqlite3.Connection, job_id: int
+) -> list[tuple[int, str, str]]:
     rows = conn.execute(
         "SELECT c.id FROM job_parents jp JOIN jobs c ON c.id = jp.job_id"
         " WHERE jp.parent_id = ? AND c.state = ?"
-        " AND NOT EXISTS (SELECT 1 FROM job_parents p2 JOIN jobs pj ON pj.id = p2.parent_id"
+        " AND NOT EXISTS (SELECT 1 FROM job_parents p2"
+        "   JOIN jobs pj ON pj.id = p2.parent_id"
         "   WHERE p2.job_id = c.id AND pj.state <> ?)",
         (job_id, JobState.AWAITING_PARENTS, JobState.JOB_FINISHED),
     ).fetchall()
-    return [(r[0], JobState.READY, f"parents finished (last: job {job_id})") for r in rows]
+    return [
+        (r[0], JobState.READY, f"parents finished (last: job {job_id})") for r in rows
+    ]
 
 
 def advance_after_items(
@@ -520,14 +586,23 @@ def advance_after_items(
             " AND NOT EXISTS (SELECT 1 FROM transfer_items i WHERE i.job_id = j.id"
             "   AND i.direction = CASE j.state WHEN ? THEN 'in' ELSE 'out' END"
             "   AND i.state <> ?)",
-            [*chunk, JobState.READY, JobState.POSTPROCESSED, JobState.READY,
-             ItemState.DONE],
+            [
+                *chunk,
+                JobState.READY,
+                JobState.POSTPROCESSED,
+                JobState.READY,
+                ItemState.DONE,
+            ],
         ).fetchall()
         for row in rows:
             if row["state"] == JobState.READY:
-                changes.append((row["id"], JobState.STAGED_IN, "all stage-in items done"))
+                changes.append(
+                    (row["id"], JobState.STAGED_IN, "all stage-in items done")
+                )
             else:
-                changes.append((row["id"], JobState.JOB_FINISHED, "all stage-out items done"))
+                changes.append(
+                    (row["id"], JobState.JOB_FINISHED, "all stage-out items done")
+                )
     return enter_states(conn, changes, now)
 
 
@@ -562,7 +637,9 @@ class ItemQuery:
             params += states
         if self.direction is not None:
             if self.direction not in ("in", "out"):
-                raise ValidationError(f"direction must be 'in' or 'out', not {self.direction!r}")
+                raise ValidationError(
+                    f"direction must be 'in' or 'out', not {self.direction!r}"
+                )
             clauses.append("direction = ?")
             params.append(self.direction)
         if self.location_alias is not None:
@@ -575,7 +652,10 @@ class ItemQuery:
 
 
 def list_items(
-    db: Database, query: ItemQuery = ItemQuery(), *, limit: int | None = None,
+    db: Database,
+    query: ItemQuery = ItemQuery(),
+    *,
+    limit: int | None = None,
     offset: int = 0,
 ) -> list[ItemRecord]:
     where, params = query.where()
@@ -588,14 +668,14 @@ def list_items(
 
 def count_items(db: Database, query: ItemQuery = ItemQuery()) -> int:
     where, params = query.where()
-    return db.connection().execute(
-        f"SELECT COUNT(*) FROM transfer_items{where}", params
-    ).fetchone()[0]
+    return (
+        db.connection()
+        .execute(f"SELECT COUNT(*) FROM transfer_items{where}", params)
+        .fetchone()[0]
+    )
 
 
-def retry_items(
-    db: Database, query: ItemQuery, *, source: str = "operator"
-) -> int:
+def retry_items(db: Database, query: ItemQuery, *, source: str = "operator") -> int:
     """Return failed (or credential-held) items to pending, now; return how many."""
     where, params = query.where()
     retryable = (ItemState.ERROR, ItemState.INACTIVE)
@@ -616,8 +696,16 @@ def retry_items(
             )
         journal_many(
             conn,
-            (("item.retry", r["job_id"], r["id"], None, f"item {r['id']} retried by {source}")
-             for r in rows),
+            (
+                (
+                    "item.retry",
+                    r["job_id"],
+                    r["id"],
+                    None,
+                    f"item {r['id']} retried by {source}",
+                )
+                for r in rows
+            ),
             now,
         )
         job_ids = sorted({r["job_id"] for r in rows})
@@ -632,9 +720,13 @@ def retry_items(
 
 def item_counts(db: Database) -> dict[tuple[str, str], int]:
     """Items by (direction, state), from the counters the triggers keep."""
-    rows = db.connection().execute(
-        "SELECT direction, state, SUM(n) FROM item_counts GROUP BY direction, state"
-    ).fetchall()
+    rows = (
+        db.connection()
+        .execute(
+            "SELECT direction, state, SUM(n) FROM item_counts GROUP BY direction, state"
+        )
+        .fetchall()
+    )
     return {(r[0], r[1]): r[2] for r in rows if r[2]}
 
 
@@ -657,8 +749,9 @@ def workdirs(db: Database, job_ids: Iterable[int]) -> dict[int, str]:
     }
 
 
-def recent_journal(db: Database, limit: int, *, job_id: int | None = None,
-                   task_id: int | None = None) -> list[JournalEntry]:
+def recent_journal(
+    db: Database, limit: int, *, job_id: int | None = None, task_id: int | None = None
+) -> list[JournalEntry]:
     """The newest journal entries (oldest first), optionally for one job or task."""
     sql, params = "SELECT * FROM journal", []
     if job_id is not None:
@@ -667,7 +760,9 @@ def recent_journal(db: Database, limit: int, *, job_id: int | None = None,
     elif task_id is not None:
         sql += " WHERE task_id = ?"
         params.append(task_id)
-    rows = db.connection().execute(
-        sql + " ORDER BY id DESC LIMIT ?", [*params, limit]
-    ).fetchall()
+    rows = (
+        db.connection()
+        .execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
+        .fetchall()
+    )
     return [JournalEntry.from_row(r) for r in reversed(rows)]

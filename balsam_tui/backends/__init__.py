@@ -1,0 +1,1 @@
+"""Transfer backends: the ways a batch of transfer items gets copied (local, globus)."""
