@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from balsam_tui.globus import commands as globus_commands
+
 EPILOG = """\
 commands without a subcommand run the engine: the console by default,
 or headless with --no-ui. Examples:
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create a site directory")
     p.add_argument("path")
+
+    globus_commands.add_parsers(sub)
 
     p = sub.add_parser("submit", help="add apps and jobs from a YAML file")
     p.add_argument(
@@ -163,6 +167,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"site ready at {site.root}; edit {site.settings_path} to add locations")
         return 0
     site = _site(args)
+    if args.command in globus_commands.COMMANDS:
+        return globus_commands.run(site, args)
     handler = {
         "submit": _submit,
         "jobs": _jobs,

@@ -110,11 +110,23 @@ def parse_remote_ref(value: object) -> RemoteRef:
 
 def inside(path: str, root: str) -> bool:
     """Whether the normalised ``path`` is ``root`` or lies below it (no ``..`` escape)."""
-    path = posixpath.normpath(path)
-    root = posixpath.normpath(root)
+    if not is_normal(path):
+        path = posixpath.normpath(path)
+    if not is_normal(root):
+        root = posixpath.normpath(root)
     if root == "/":
         return path.startswith("/")
     return path == root or path.startswith(root + "/")
+
+
+def is_normal(path: str) -> bool:
+    """A cheap test that ``normpath`` would leave an absolute path as it is."""
+    return (
+        path.startswith("/")
+        and "//" not in path
+        and "/." not in path
+        and (len(path) == 1 or not path.endswith("/"))
+    )
 
 
 def resolved_inside(path: str, root: str) -> bool:

@@ -53,19 +53,21 @@ def time_cp(sources: Path, target: Path) -> float:
     return time.perf_counter() - started
 
 
-def time_engine(work: Path, sources: Path, paths: list[Path]) -> float:
-    site = init_site(
-        work / "site",
-        settings_text=(
-            "transfers:\n"
-            f"  transfer_locations:\n    src: local://localhost{sources}\n"
-        ),
-    )
+def time_engine(
+    work: Path, sources: Path, paths: list[Path], workers: int | None = None
+) -> float:
+    settings = f"transfers:\n  transfer_locations:\n    src: local://localhost{sources}\n"
+    if workers is not None:
+        settings += f"  local_workers: {workers}\n"
+    site = init_site(work / "site", settings_text=settings)
     db = Database(site.store_path)
     job_store.create_app(db, "copy", {"f": {"direction": "in", "local_path": "."}})
     specs = [
-        JobSpec(workdir=f"j/{n // PER_DIR:03d}/{n:06d}", app="copy",
-                transfers={"f": f"src:{p}"})
+        JobSpec(
+            workdir=f"j/{n // PER_DIR:03d}/{n:06d}",
+            app="copy",
+            transfers={"f": f"src:{p}"},
+        )
         for n, p in enumerate(paths)
     ]
     job_store.create_jobs(db, specs, load_settings(site.settings_path).locations)
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64 * 1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where to work (default: a temp dir)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local_workers for the engine (default: the setting's)")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="bench-stage-in-", dir=args.dir))
@@ -109,17 +113,24 @@ def main() -> None:
             cp_times.append(time_cp(sources, target))
             shutil.rmtree(target)
             work = base / f"engine-{round_}"
-            engine_times.append(time_engine(work, sources, paths))
+            engine_times.append(time_engine(work, sources, paths, args.workers))
             shutil.rmtree(work)
-            print(f"round {round_ + 1}: cp {cp_times[-1]:.2f} s, "
-                  f"engine {engine_times[-1]:.2f} s", flush=True)
+            print(
+                f"round {round_ + 1}: cp {cp_times[-1]:.2f} s, "
+                f"engine {engine_times[-1]:.2f} s",
+                flush=True,
+            )
         cp, engine = statistics.median(cp_times), statistics.median(engine_times)
         mib = args.files * args.size / 2**20
-        print(f"{args.files} files of {args.size // 1024} KiB ({mib:.0f} MiB), "
-              f"median of {args.rounds}:")
+        print(
+            f"{args.files} files of {args.size // 1024} KiB ({mib:.0f} MiB), "
+            f"median of {args.rounds}:"
+        )
         print(f"  cp -r   {cp:6.2f} s  {mib / cp:7.0f} MiB/s")
-        print(f"  engine  {engine:6.2f} s  {mib / engine:7.0f} MiB/s  "
-              f"{args.files / engine:7.0f} files/s")
+        print(
+            f"  engine  {engine:6.2f} s  {mib / engine:7.0f} MiB/s  "
+            f"{args.files / engine:7.0f} files/s"
+        )
         print(f"  ratio engine/cp: {engine / cp:.2f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -257,7 +257,7 @@ def test_retry_sends_failed_items_back_to_pending(site: Site) -> None:
         protocol="local",
         alias="laptop",
         direction="in",
-        item_ids=[i.id for i in items],
+        items=items,
         submission_id="s",
         label_prefix="t",
         now=now,

@@ -135,7 +135,7 @@ def test_counters_equal_real_counts_after_inserts_updates_and_deletes(
         protocol="local",
         alias="laptop",
         direction="in",
-        item_ids=[i.id for i in pending[:6]],
+        items=pending[:6],
         submission_id="s1",
         label_prefix="t",
         now=now,
@@ -218,11 +218,6 @@ def _writer(site_root: str, name: str, start: Any, results: Any) -> None:
         results.put((name, f"{type(exc).__name__}: {exc}"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.OperationalError,
-    reason="db.py switches a new file to WAL without waiting for a busy lock",
-)
 def test_opening_a_new_store_waits_for_a_writer_that_is_creating_it(
     tmp_path: Path,
 ) -> None:

@@ -219,7 +219,10 @@ class PathIndex:
 
 
 def data_access_collections(scopes: Iterable[str]) -> tuple[str, ...]:
-    """Collection ids of the data_access scopes inside scope strings, in order."""
+    """Collection ids of the data_access scopes inside scope strings, sorted.
+
+    Sorted because globus-sdk's scope parser does not keep dependencies in order.
+    """
     found: list[str] = []
     pending = []
     for text in scopes:
@@ -233,7 +236,7 @@ def data_access_collections(scopes: Iterable[str]) -> tuple[str, ...]:
         if match:
             found.append(match.group(1).lower())
         pending.extend(scope.dependencies)
-    return tuple(dict.fromkeys(found))
+    return tuple(sorted(set(found)))
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

@@ -52,6 +52,7 @@ from balsam_tui.backends.base import (
     TransientBackendError,
     WakeCallback,
 )
+from balsam_tui.backends.copier import Copier, CopierDied
 from balsam_tui.locations import inside
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ _PROBLEMS: dict[type[OSError], str] = {
     NotADirectoryError: "{side} is not a directory: {path}",
     FileExistsError: "a file is in the way of the {side} directory: {path}",
 }
+
+# Items handed to a copy worker process at once: enough to make the round trip
+# cheap, few enough that tasks still take turns and progress moves smoothly.
+CHUNK = 16
 
 # Keeps temporary names (".<name>.<item id>.part") under the 255-byte name limit.
 _NAME_KEPT_IN_TEMPORARY = 100
@@ -213,26 +218,34 @@ class LocalBackend:
             thread.start()
 
     def _work(self) -> None:
-        while True:
-            with self._changed:
-                while not self._turns and not self._closing:
-                    self._changed.wait()
-                if self._closing:
-                    return
-                task = self._turns.popleft()
-                item = task.waiting.popleft()
-                if task.waiting:
-                    self._turns.append(task)
-                task.running += 1
+        copier = Copier()
+        try:
+            while True:
+                with self._changed:
+                    while not self._turns and not self._closing:
+                        self._changed.wait()
+                    if self._closing:
+                        return
+                    task = self._turns.popleft()
+                    chunk = [
+                        task.waiting.popleft()
+                        for _ in range(min(CHUNK, len(task.waiting)))
+                    ]
+                    if task.waiting:
+                        self._turns.append(task)
+                    task.running += len(chunk)
 
-            outcome = _copy_item_or_report(item, task.resolver)
+                outcomes = _copy_chunk(copier, task.task_id, chunk)
 
-            with self._changed:
-                task.running -= 1
-                task.record(outcome)
-                finished_now = task.settle(time.monotonic())
-            if finished_now and not self._closing:
-                self._call_wake()
+                with self._changed:
+                    task.running -= len(chunk)
+                    for outcome in outcomes:
+                        task.record(outcome)
+                    finished_now = task.settle(time.monotonic())
+                if finished_now and not self._closing:
+                    self._call_wake()
+        finally:
+            copier.close()
 
     def _call_wake(self) -> None:
         if self._wake is None:
@@ -252,7 +265,6 @@ class _Task:
     waiting: deque[FileCopy]
     files_total: int
     started: float
-    resolver: _Resolver = field(default_factory=lambda: _Resolver())
     running: int = 0
     files_done: int = 0
     files_failed: int = 0
@@ -371,6 +383,18 @@ class _Resolver:
                 raise _explain(error, "destination", item.destination) from None
             self._destination_directories[parent] = directory
         return directory, name
+
+
+def _copy_chunk(copier: Copier, task_id: int, chunk: list[FileCopy]) -> list[FileOutcome]:
+    """Copy a chunk in the thread's worker process; a dead worker fails it, retryably."""
+    try:
+        return copier.copy(task_id, chunk)
+    except CopierDied as exc:
+        logger.warning("%s; %d item(s) will be retried", exc, len(chunk))
+        return [
+            FileOutcome(item.item_id, ok=False, error=str(exc), permanent=False)
+            for item in chunk
+        ]
 
 
 def _confine(side: str, path: str, real: str, root: str, real_root: str) -> None:

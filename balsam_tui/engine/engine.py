@@ -195,6 +195,10 @@ class Engine:
                 if exit_when_idle and self.is_idle(snapshot):
                     log.info("nothing pending or in flight: stopping")
                     break
+                if not self._wake.is_set() and snapshot.cycle != self._cycle:
+                    # The throttle skipped this cycle's picture and the loop is about
+                    # to sleep: publish it now, or displays would lag a whole period.
+                    self._publish(self._clock(), force=True)
                 self._wait(self._next_timeout())
         finally:
             self.close()
@@ -438,7 +442,13 @@ class Engine:
             self._backoff(protocol, exc, "polling")
             return
         self._poll_failures.pop(protocol, None)
-        items_by_task = task_store.items_of_tasks(self.db, [t.id for t in tasks])
+        # Items are read only for tasks with news for them; a task still running
+        # costs no more than its progress update.
+        settling = [
+            t.id for t in tasks
+            if t.id in statuses and _needs_items(statuses[t.id])
+        ]
+        items_by_task = task_store.items_of_tasks(self.db, settling)
         for task in tasks:
             status = statuses.get(task.id)
             if status is None:
@@ -566,7 +576,7 @@ class Engine:
             return
         claimed = task_store.claim_batch(
             self.db, protocol=location.protocol, alias=alias, direction=direction,
-            item_ids=[i.id for i in batch], submission_id=submission_id,
+            items=batch, submission_id=submission_id,
             label_prefix=self._label, now=self._clock(),
         )
         if claimed is None:
@@ -635,7 +645,6 @@ class Engine:
             log.warning("task %d: submission failed (%s); repeating it in %.0f s "
                         "under the same submission id", task.id, exc, delay)
             return
-        task_store.reactivate_held_items(self.db, task.id, now)
         self._backend_problems.pop(task.protocol, None)
         task_store.record_submitted(self.db, task.id, backend_task_id, now)
         log.info("task %d submitted: %s %s, %d file(s), %s", task.id, task.direction,
@@ -662,7 +671,7 @@ class Engine:
         location = self._settings.locations.get(task.location_alias)
         workdirs = job_store.workdirs(self.db, [i.job_id for i in items])
         data_dir = str(self.site.data_dir)
-        real_data_dir = os.path.realpath(data_dir)
+        workdir_check = _WorkdirCheck(data_dir)
         files: list[FileCopy] = []
         problems: list[PathProblem] = []
         for item in items:
@@ -673,7 +682,7 @@ class Engine:
             workdir = f"{data_dir}/{workdirs[item.job_id]}"
             resolved = resolve_copy(item, workdir, location)
             if isinstance(resolved, FileCopy) and task.direction == "in":
-                resolved = _check_workdir(item.id, workdir, real_data_dir) or resolved
+                resolved = workdir_check.problem(item.id, workdir) or resolved
             if isinstance(resolved, PathProblem):
                 problems.append(resolved)
             else:
@@ -750,15 +759,35 @@ def _job_of(items: Iterable[ItemRecord], item_id: int) -> int:
     return next(i.job_id for i in items if i.id == item_id)
 
 
-def _check_workdir(item_id: int, workdir: str, real_data_dir: str) -> PathProblem | None:
-    """Refuse a workdir that resolves outside data/ (through a symlink, say).
+class _WorkdirCheck:
+    """Refuses workdirs that resolve outside data/ (through a symlink, say).
 
-    The workdir need not exist yet: the backend creates it under the resolved path,
-    and ``realpath`` resolves whatever part of it already exists.
+    A workdir need not exist yet: the backend creates it under the resolved path,
+    and ``realpath`` resolves whatever part of it already exists. Jobs' workdirs
+    share parents, so each parent is resolved once per batch.
     """
-    if not inside(os.path.realpath(workdir), real_data_dir):
-        return PathProblem(item_id, f"workdir {workdir} resolves outside the site's data/")
-    return None
+
+    def __init__(self, data_dir: str) -> None:
+        self.real_data_dir = os.path.realpath(data_dir)
+        self._parents: dict[str, str] = {}
+
+    def problem(self, item_id: int, workdir: str) -> PathProblem | None:
+        parent, name = os.path.split(workdir)
+        real_parent = self._parents.get(parent)
+        if real_parent is None:
+            real_parent = self._parents[parent] = os.path.realpath(parent)
+        real = os.path.join(real_parent, name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if not inside(real, self.real_data_dir):
+            return PathProblem(
+                item_id, f"workdir {workdir} resolves outside the site's data/"
+            )
+        return None
+
+
+def _needs_items(status: TaskStatus) -> bool:
+    return status.stuck or status.state not in (RemoteState.QUEUED, RemoteState.ACTIVE)
 
 
 def _progress_changed(task: TaskRecord, settlement: Settlement) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from balsam_tui.backends.base import FileCopy
-from balsam_tui.locations import Location, inside
+from balsam_tui.locations import Location, is_normal, inside
 from balsam_tui.states import Direction
 from balsam_tui.store.records import ItemRecord
 
@@ -78,9 +78,9 @@ def resolve_copy(
     own name); stage-out copies the other way. Only the lexical check happens here;
     backends check again with symlinks resolved, at copy time.
     """
-    workdir = posixpath.normpath(workdir)
-    remote = posixpath.normpath(item.remote_path)
-    local = posixpath.normpath(posixpath.join(workdir, item.local_path))
+    workdir = _normal(workdir)
+    remote = _normal(item.remote_path)
+    local = workdir if item.local_path == "." else _normal(f"{workdir}/{item.local_path}")
     if not inside(local, workdir):
         return PathProblem(
             item.id, f"local path {item.local_path!r} leaves the job's workdir"
@@ -109,6 +109,10 @@ def resolve_copy(
         source_root=workdir, destination_root=location.root,
         recursive=item.recursive,
     )
+
+
+def _normal(path: str) -> str:
+    return path if is_normal(path) else posixpath.normpath(path)
 
 
 def plan_label(site_name: str) -> str:

@@ -60,10 +60,19 @@ class Database:
             check_same_thread=False,
         )
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            # Switching a new file to WAL needs a lock that busy_timeout does not
+            # wait for, so a second process opening a fresh store retries here.
+            self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"))
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA cache_size = -32768")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise StoreBusy(self._busy_message()) from None
+            raise StoreError(f"{self.path}: cannot open the store ({exc})") from None
         return conn
 
     @contextmanager
@@ -96,22 +105,28 @@ class Database:
             conn.execute("COMMIT")
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
-        # busy_timeout covers the wait for the lock; the loop covers the rare
+        # busy_timeout covers the wait for the lock; the retry covers the rare
         # SQLITE_BUSY that SQLite returns at once (a WAL checkpoint in progress).
+        self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+
+    def _retry_busy(self, action) -> None:
         deadline = time.monotonic() + BUSY_TIMEOUT
         while True:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                action()
                 return
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
                 if time.monotonic() > deadline:
-                    raise StoreBusy(
-                        f"{self.path}: another process has held the store's write "
-                        f"lock for over {BUSY_TIMEOUT:.0f} s; is one stuck?"
-                    ) from None
+                    raise StoreBusy(self._busy_message()) from None
                 time.sleep(0.05)
+
+    def _busy_message(self) -> str:
+        return (
+            f"{self.path}: another process has held the store's write lock for "
+            f"over {BUSY_TIMEOUT:.0f} s; is one stuck?"
+        )
 
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap 'anything new?'."""

@@ -13,7 +13,6 @@ import json
 import posixpath
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -502,75 +501,129 @@ def set_job_states(
 def enter_states(
     conn: sqlite3.Connection, changes: Iterable[tuple[int, str, str]], now: float
 ) -> list[tuple[int, str]]:
-    """Move jobs to new states and apply what each state implies; return the moves."""
-    queue = deque(changes)
-    moved = []
-    while queue:
-        job_id, state, reason = queue.popleft()
-        cursor = conn.execute(
-            "UPDATE jobs SET state = ?, state_reason = ?, updated_at = ?"
-            " WHERE id = ? AND state <> ?",
-            (state, reason, now, job_id, state),
-        )
-        if cursor.rowcount == 0:
+    """Move jobs to new states and apply what each state implies; return the moves.
+
+    Works in rounds, a handful of statements per round whatever the number of jobs:
+    the jobs of one round change state together, then what their new states imply
+    (items released, jobs passed on, children freed) makes the next round.
+    """
+    moved: list[tuple[int, str]] = []
+    waiting = list(changes)
+    while waiting:
+        this_round, waiting = _one_change_per_job(waiting)
+        effective = _changing(conn, this_round)
+        if not effective:
             continue
-        moved.append((job_id, state))
-        journal(
-            conn,
-            "job.state",
-            f"job {job_id} -> {state}: {reason}",
-            job_id=job_id,
-            now=now,
+        conn.executemany(
+            "UPDATE jobs SET state = ?, state_reason = ?, updated_at = ? WHERE id = ?",
+            [(state, reason, now, job_id) for job_id, state, reason in effective],
         )
-        queue.extend(_consequences(conn, job_id, state, now))
+        journal_many(
+            conn,
+            (
+                ("job.state", job_id, None, None, f"job {job_id} -> {state}: {reason}")
+                for job_id, state, reason in effective
+            ),
+            now,
+        )
+        moved += [(job_id, state) for job_id, state, _ in effective]
+        by_state: dict[str, list[int]] = {}
+        for job_id, state, _ in effective:
+            by_state.setdefault(state, []).append(job_id)
+        for state, job_ids in by_state.items():
+            waiting += _consequences(conn, job_ids, state, now)
     return moved
 
 
+def _one_change_per_job(
+    changes: list[tuple[int, str, str]],
+) -> tuple[list[tuple[int, str, str]], list[tuple[int, str, str]]]:
+    seen: set[int] = set()
+    now_, later = [], []
+    for change in changes:
+        (later if change[0] in seen else now_).append(change)
+        seen.add(change[0])
+    return now_, later
+
+
+def _changing(
+    conn: sqlite3.Connection, changes: list[tuple[int, str, str]]
+) -> list[tuple[int, str, str]]:
+    """The changes that really move a job (it exists and is in another state)."""
+    ids = [c[0] for c in changes]
+    current = {
+        r[0]: r[1]
+        for chunk in _chunks(ids, 500)
+        for r in conn.execute(
+            f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+    }
+    return [c for c in changes if c[0] in current and current[c[0]] != c[1]]
+
+
 def _consequences(
-    conn: sqlite3.Connection, job_id: int, state: str, now: float
+    conn: sqlite3.Connection, job_ids: list[int], state: str, now: float
 ) -> list[tuple[int, str, str]]:
     if state == JobState.READY:
-        return _release_items(conn, job_id, Direction.IN, JobState.STAGED_IN, now)
+        return _release_items(conn, job_ids, Direction.IN, JobState.STAGED_IN, now)
     if state == JobState.POSTPROCESSED:
-        return _release_items(conn, job_id, Direction.OUT, JobState.JOB_FINISHED, now)
+        return _release_items(conn, job_ids, Direction.OUT, JobState.JOB_FINISHED, now)
     if state == JobState.JOB_FINISHED:
-        return _released_children(conn, job_id)
+        return _released_children(conn, job_ids)
     return []
 
 
 def _release_items(
-    conn: sqlite3.Connection, job_id: int, direction: str, next_state: str, now: float
+    conn: sqlite3.Connection,
+    job_ids: list[int],
+    direction: str,
+    next_state: str,
+    now: float,
 ) -> list[tuple[int, str, str]]:
-    conn.execute(
-        "UPDATE transfer_items SET state = ?, updated_at = ?"
-        " WHERE job_id = ? AND direction = ? AND state = ?",
-        (ItemState.PENDING, now, job_id, direction, ItemState.AWAITING_JOB),
-    )
-    remaining = conn.execute(
-        "SELECT COUNT(*) FROM transfer_items WHERE job_id = ? AND direction = ?"
-        " AND state <> ?",
-        (job_id, direction, ItemState.DONE),
-    ).fetchone()[0]
-    if remaining:
-        return []
+    """Make the jobs' items of one direction pending; pass on jobs with none left."""
+    busy: set[int] = set()
+    for chunk in _chunks(job_ids, 500):
+        marks = ",".join("?" * len(chunk))
+        conn.execute(
+            "UPDATE transfer_items SET state = ?, updated_at = ?"
+            f" WHERE job_id IN ({marks}) AND direction = ? AND state = ?",
+            [ItemState.PENDING, now, *chunk, direction, ItemState.AWAITING_JOB],
+        )
+        busy.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT job_id FROM transfer_items"
+                f" WHERE job_id IN ({marks}) AND direction = ? AND state <> ?",
+                [*chunk, direction, ItemState.DONE],
+            )
+        )
     word = "stage-in" if direction == Direction.IN else "stage-out"
-    return [(job_id, next_state, f"no {word} items left to move")]
+    return [
+        (job_id, next_state, f"no {word} items left to move")
+        for job_id in job_ids
+        if job_id not in busy
+    ]
 
 
 def _released_children(
-    conn: sqlite3.Connection, job_id: int
+    conn: sqlite3.Connection, job_ids: list[int]
 ) -> list[tuple[int, str, str]]:
-    rows = conn.execute(
-        "SELECT c.id FROM job_parents jp JOIN jobs c ON c.id = jp.job_id"
-        " WHERE jp.parent_id = ? AND c.state = ?"
-        " AND NOT EXISTS (SELECT 1 FROM job_parents p2"
-        "   JOIN jobs pj ON pj.id = p2.parent_id"
-        "   WHERE p2.job_id = c.id AND pj.state <> ?)",
-        (job_id, JobState.AWAITING_PARENTS, JobState.JOB_FINISHED),
-    ).fetchall()
-    return [
-        (r[0], JobState.READY, f"parents finished (last: job {job_id})") for r in rows
-    ]
+    released = []
+    for chunk in _chunks(job_ids, 500):
+        rows = conn.execute(
+            "SELECT DISTINCT c.id, jp.parent_id FROM job_parents jp"
+            " JOIN jobs c ON c.id = jp.job_id"
+            f" WHERE jp.parent_id IN ({','.join('?' * len(chunk))}) AND c.state = ?"
+            " AND NOT EXISTS (SELECT 1 FROM job_parents p2"
+            "   JOIN jobs pj ON pj.id = p2.parent_id"
+            "   WHERE p2.job_id = c.id AND pj.state <> ?)",
+            [*chunk, JobState.AWAITING_PARENTS, JobState.JOB_FINISHED],
+        ).fetchall()
+        released += [
+            (r[0], JobState.READY, f"parents finished (last: job {r[1]})") for r in rows
+        ]
+    return released
 
 
 def advance_after_items(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 
@@ -91,28 +92,26 @@ class ItemRecord:
     retry_at: float | None
     error: str
     permanent: bool
-    transfer_info: Mapping[str, Any] = field(default_factory=dict)
+    transfer_info_json: str = "{}"
     updated_at: float = 0.0
+
+    @cached_property
+    def transfer_info(self) -> Mapping[str, Any]:
+        """Attempts, bytes, the last error and a short history, as a dict.
+
+        Parsed on first use: the engine reads thousands of items per cycle and
+        never looks at this.
+        """
+        return json.loads(self.transfer_info_json)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ItemRecord:
         return cls(
-            id=row["id"],
-            job_id=row["job_id"],
-            slot=row["slot"],
-            direction=row["direction"],
-            local_path=row["local_path"],
-            remote_path=row["remote_path"],
-            location_alias=row["location_alias"],
-            recursive=bool(row["recursive"]),
-            state=row["state"],
-            task_id=row["task_id"],
-            attempts=row["attempts"],
-            retry_at=row["retry_at"],
-            error=row["error"],
-            permanent=bool(row["permanent"]),
-            transfer_info=json.loads(row["transfer_info"]),
-            updated_at=row["updated_at"],
+            row["id"], row["job_id"], row["slot"], row["direction"],
+            row["local_path"], row["remote_path"], row["location_alias"],
+            bool(row["recursive"]), row["state"], row["task_id"], row["attempts"],
+            row["retry_at"], row["error"], bool(row["permanent"]),
+            row["transfer_info"], row["updated_at"],
         )
 
 

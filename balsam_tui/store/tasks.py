@@ -76,12 +76,16 @@ def claim_batch(
     protocol: str,
     alias: str,
     direction: str,
-    item_ids: Sequence[int],
+    items: Sequence[ItemRecord],
     submission_id: str,
     label_prefix: str,
     now: float,
 ) -> tuple[TaskRecord, list[ItemRecord]] | None:
-    """Write a task and mark its items active; ``None`` if none were still pending."""
+    """Write a task and mark its items active; ``None`` if none were still pending.
+
+    Returns the task and its items; the item records are the ones given (as read
+    before the claim) when all of them were claimed, which is the usual case.
+    """
     with db.write() as conn:
         task_id = conn.execute(
             "INSERT INTO transfer_tasks (protocol, location_alias, direction, state,"
@@ -90,7 +94,7 @@ def claim_batch(
             (protocol, alias, direction, TaskState.SUBMITTING, submission_id, now, now),
         ).lastrowid
         claimed = 0
-        for chunk in _chunks(list(item_ids), 500):
+        for chunk in _chunks([i.id for i in items], 500):
             claimed += conn.execute(
                 "UPDATE transfer_items SET state = ?, task_id = ?, updated_at = ?"
                 f" WHERE id IN ({','.join('?' * len(chunk))}) AND state = ?",
@@ -104,7 +108,8 @@ def claim_batch(
             "UPDATE transfer_tasks SET label = ?, item_count = ? WHERE id = ?",
             (label, claimed, task_id),
         )
-        items = _task_items(conn, task_id, (ItemState.ACTIVE,))
+        if claimed != len(items):  # some changed meanwhile: take what was claimed
+            items = _task_items(conn, task_id, (ItemState.ACTIVE,))
         journal(
             conn, "task.created",
             f"task {task_id}: {direction} {alias}, {claimed} item(s), "
@@ -166,8 +171,16 @@ def recent_tasks(db: Database, limit: int) -> list[TaskRecord]:
     return [TaskRecord.from_row(r) for r in rows]
 
 
-def record_submitted(db: Database, task_id: int, backend_task_id: str, now: float) -> None:
+def record_submitted(
+    db: Database, task_id: int, backend_task_id: str, now: float
+) -> None:
+    """The service accepted the task; items held for credentials rejoin it."""
     with db.write() as conn:
+        conn.execute(
+            "UPDATE transfer_items SET state = ?, updated_at = ?"
+            " WHERE task_id = ? AND state = ?",
+            (ItemState.ACTIVE, now, task_id, ItemState.INACTIVE),
+        )
         conn.execute(
             "UPDATE transfer_tasks SET state = ?, backend_task_id = ?, submitted_at = ?,"
             " submit_attempts = submit_attempts + 1, next_attempt_at = NULL, error = '',"
@@ -199,16 +212,6 @@ def record_submit_failure(
             )
         journal(conn, "task.submit_failed", f"task {task_id}: {error}", task_id=task_id,
                 now=now)
-
-
-def reactivate_held_items(db: Database, task_id: int, now: float) -> None:
-    """Items held inactive while credentials were missing rejoin their task."""
-    with db.write() as conn:
-        conn.execute(
-            "UPDATE transfer_items SET state = ?, updated_at = ?"
-            " WHERE task_id = ? AND state = ?",
-            (ItemState.ACTIVE, now, task_id, ItemState.INACTIVE),
-        )
 
 
 def record_progress(db: Database, task_id: int, fields: dict[str, Any], now: float) -> None:
@@ -275,43 +278,34 @@ def settle_items(
 def _write_item_updates(
     conn: sqlite3.Connection, task_id: int, updates: Sequence[ItemUpdate], now: float
 ) -> None:
+    """Write outcomes; ``transfer_info`` gains one history entry per attempt.
+
+    The JSON is edited in SQL, so settling a batch reads no row back.
+    """
     if not updates:
         return
-    infos = {
-        r[0]: r[1]
-        for chunk in _chunks([u.item_id for u in updates], 500)
-        for r in conn.execute(
-            "SELECT id, transfer_info FROM transfer_items"
-            f" WHERE id IN ({','.join('?' * len(chunk))})",
-            chunk,
-        )
-    }
     rows = []
     for u in updates:
-        info = json.loads(infos.get(u.item_id) or "{}")
-        history = info.get("history", [])
-        history.append(
-            {"at": round(now, 3), "task": task_id, "result": u.state,
-             **({"error": u.error} if u.error else {}),
-             **({"bytes": u.bytes} if u.bytes else {})}
-        )
-        info["history"] = history[-HISTORY_KEPT:]
-        info["attempts"] = u.attempts
-        if u.bytes:
-            info["bytes"] = u.bytes
+        entry = {"at": round(now, 3), "task": task_id, "result": u.state}
+        patch: dict[str, object] = {"attempts": u.attempts, "error": u.error or None}
         if u.error:
-            info["error"] = u.error
-        elif u.state == ItemState.DONE:
-            info.pop("error", None)
+            entry["error"] = u.error
+        if u.bytes:
+            entry["bytes"] = patch["bytes"] = u.bytes
         rows.append((
             u.state, u.error, int(u.permanent), u.retry_at, u.attempts,
-            json.dumps(info), now,
+            json.dumps(entry), json.dumps(patch), now,
             task_id if u.keep_task else None, u.item_id, task_id,
         ))
+    # A merge patch sets attempts, error and bytes (a null error removes the key);
+    # the history keeps the last HISTORY_KEPT attempts.
     conn.executemany(
         "UPDATE transfer_items SET state = ?, error = ?, permanent = ?, retry_at = ?,"
-        " attempts = ?, transfer_info = ?, updated_at = ?, task_id = ?"
-        " WHERE id = ? AND task_id = ?",
+        " attempts = ?, transfer_info = json_patch(json_set(json_insert("
+        f"   CASE WHEN json_array_length(transfer_info, '$.history') >= {HISTORY_KEPT}"
+        "   THEN json_remove(transfer_info, '$.history[0]') ELSE transfer_info END,"
+        "   '$.history', json('[]')), '$.history[#]', json(?)), ?),"
+        " updated_at = ?, task_id = ? WHERE id = ? AND task_id = ?",
         rows,
     )
     journal_many(
