@@ -48,7 +48,9 @@ transfers:
 """
 
 
-def build_demo_site(root: str | os.PathLike[str], *, jobs: int = 240, seed: int = 7) -> Site:
+def build_demo_site(
+    root: str | os.PathLike[str], *, jobs: int = 240, seed: int = 7
+) -> Site:
     """Create the demo site, its source files and its jobs; return the site."""
     root = Path(root).resolve()
     site = init_site(root, settings_text=SETTINGS.format(root=root))
@@ -67,14 +69,31 @@ def build_demo_site(root: str | os.PathLike[str], *, jobs: int = 240, seed: int 
     from balsam_tui.settings import load_settings
 
     db = Database(site.store_path)
-    job_store.create_app(db, APP, {
-        "frame": {"direction": "in", "local_path": "frame.h5", "required": True,
-                  "description": "one detector frame"},
-        "calibration": {"direction": "in", "local_path": ".", "required": True,
-                        "description": "detector calibration (keeps its name)"},
-        "result": {"direction": "out", "local_path": "result.json", "required": True,
-                   "description": "reconstruction result"},
-    }, "reconstruct one detector frame")
+    job_store.create_app(
+        db,
+        APP,
+        {
+            "frame": {
+                "direction": "in",
+                "local_path": "frame.h5",
+                "required": True,
+                "description": "one detector frame",
+            },
+            "calibration": {
+                "direction": "in",
+                "local_path": ".",
+                "required": True,
+                "description": "detector calibration (keeps its name)",
+            },
+            "result": {
+                "direction": "out",
+                "local_path": "result.json",
+                "required": True,
+                "description": "reconstruction result",
+            },
+        },
+        "reconstruct one detector frame",
+    )
     specs = [
         JobSpec(
             workdir=f"scan/{n:04d}",
@@ -106,8 +125,9 @@ class DemoComputeSide:
         self.site = site
         self.pace = pace
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="demo-compute",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="demo-compute", daemon=True
+        )
         self._started = 0.0
         self.late_frame_retried = False
 
@@ -148,11 +168,15 @@ class DemoComputeSide:
             frame = workdir / "frame.h5"
             size = frame.stat().st_size if frame.exists() else 0
             (workdir / "result.json").write_text(
-                json.dumps({"job": job.id, "frame_bytes": size, "peaks": size % 97}) + "\n"
+                json.dumps({"job": job.id, "frame_bytes": size, "peaks": size % 97})
+                + "\n"
             )
         if staged:
             job_store.set_job_states(
-                db, [j.id for j in staged], JobState.POSTPROCESSED, source="demo compute"
+                db,
+                [j.id for j in staged],
+                JobState.POSTPROCESSED,
+                source="demo compute",
             )
 
     def _deliver_late_frame(self, db: Database) -> None:
@@ -162,7 +186,9 @@ class DemoComputeSide:
         if not jobs:
             self.late_frame_retried = True
             return
-        items = job_store.list_items(db, ItemQuery(job_ids=[jobs[0].id], direction="in"))
+        items = job_store.list_items(
+            db, ItemQuery(job_ids=[jobs[0].id], direction="in")
+        )
         frame = next(i for i in items if i.slot == "frame")
         if frame.state not in (ItemState.ERROR,):
             return  # not failed yet: wait until it has
@@ -170,8 +196,11 @@ class DemoComputeSide:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"late frame\n" * 512)
         n = job_store.retry_items(db, ItemQuery(ids=[frame.id]), source="demo operator")
-        log.info("demo: frame %d arrived late; the operator retried %d item(s)",
-                 LATE_FRAME, n)
+        log.info(
+            "demo: frame %d arrived late; the operator retried %d item(s)",
+            LATE_FRAME,
+            n,
+        )
         self.late_frame_retried = True
 
 
@@ -208,8 +237,12 @@ def _run_demo_headless(site: Site, args: argparse.Namespace) -> int:
     compute.start()
     threading.Thread(target=watch, name="demo-watch", daemon=True).start()
     try:
-        status = run_headless(site, summary_every=min(args.summary_every, 2.0),
-                              verbose=args.verbose, engine=engine)
+        status = run_headless(
+            site,
+            summary_every=min(args.summary_every, 2.0),
+            verbose=args.verbose,
+            engine=engine,
+        )
     finally:
         compute.stop()
     _print_outcome(site, time.monotonic() - started)
@@ -226,5 +259,7 @@ def _print_outcome(site: Site, seconds: float) -> None:
     print(f"\ndemo finished in {seconds:.1f} s on site {site.root}")
     print("jobs: " + ", ".join(f"{s} {n}" for s, n in sorted(jobs.items())))
     for item in failed:
-        print(f"  item {item.id} of job {item.job_id} failed (on purpose): {item.error}")
+        print(
+            f"  item {item.id} of job {item.job_id} failed (on purpose): {item.error}"
+        )
     print(f"look around: balsam-tui --site {site.root} jobs --state READY")

@@ -25,7 +25,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 LOG_FILE = "balsam-tui.log"
 
 
-def configure_logging(site: Site, *, verbose: bool = False, stderr: bool = True) -> None:
+def configure_logging(
+    site: Site, *, verbose: bool = False, stderr: bool = True
+) -> None:
     """Log to the site's rotating log file and, unless told not to, to stderr."""
     root = logging.getLogger("balsam_tui")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -70,8 +72,10 @@ def run_headless(
     _stop_on_signals(engine)
     log.info("headless engine for %s (settings %s)", site.root, site.settings_path)
     if engine.settings.ignored_sections:
-        log.info("settings sections balsam-tui does not use: %s",
-                 ", ".join(engine.settings.ignored_sections))
+        log.info(
+            "settings sections balsam-tui does not use: %s",
+            ", ".join(engine.settings.ignored_sections),
+        )
     engine.run(exit_when_idle=exit_when_idle)
     log.info("%s", engine.snapshot.summary())
     return 0
@@ -82,8 +86,9 @@ def _stop_on_signals(engine: Engine) -> None:
         return
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        log.info("%s received: finishing the cycle and stopping",
-                 signal.Signals(signum).name)
+        log.info(
+            "%s received: finishing the cycle and stopping", signal.Signals(signum).name
+        )
         engine.stop()
 
     signal.signal(signal.SIGINT, stop)

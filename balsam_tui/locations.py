@@ -1,4 +1,4 @@
-"""Transfer locations: parsing the site's trusted aliases and the jobs' references to them.
+"""Transfer locations: the site's trusted aliases, and the jobs' references to them.
 
 A site trusts a set of *location aliases*, each a URL ``protocol://netloc[/root]``.
 A job names a file at a location as ``"alias:/absolute/path"`` (split on the first
@@ -39,7 +39,7 @@ class Location:
 
 
 def parse_location(alias: str, url: str) -> Location:
-    """Parse ``protocol://netloc[/root]``; raise ``LocationError`` saying what is off."""
+    """Parse ``protocol://netloc[/root]``; a ``LocationError`` says what is off."""
     if not isinstance(url, str) or "://" not in url:
         raise LocationError(
             f"location {alias!r}: {url!r} is not a URL of the form protocol://netloc/root"
@@ -49,7 +49,8 @@ def parse_location(alias: str, url: str) -> Location:
     if protocol not in PROTOCOLS:
         known = ", ".join(f"{p}://" for p in PROTOCOLS)
         raise LocationError(
-            f"location {alias!r}: unknown protocol {parts.scheme!r} (use one of {known})"
+            f"location {alias!r}: unknown protocol {parts.scheme!r} "
+            f"(use one of {known})"
         )
     root = posixpath.normpath(parts.path) if parts.path else "/"
     if root.startswith("//"):
@@ -83,13 +84,11 @@ class RemoteRef:
 
 
 def parse_remote_ref(value: object) -> RemoteRef:
-    """Read either accepted form of a location reference (not yet checked on aliases)."""
+    """Read either form of a location reference (the alias is not checked here)."""
     if isinstance(value, str):
         alias, sep, path = value.partition(":")
         if not sep or not alias:
-            raise LocationError(
-                f"{value!r} is not of the form 'alias:/absolute/path'"
-            )
+            raise LocationError(f"{value!r} is not of the form 'alias:/absolute/path'")
     elif isinstance(value, Mapping):
         extra = set(value) - {"location_alias", "path"}
         alias, path = value.get("location_alias"), value.get("path")
@@ -109,7 +108,7 @@ def parse_remote_ref(value: object) -> RemoteRef:
 
 
 def inside(path: str, root: str) -> bool:
-    """Whether the normalised ``path`` is ``root`` or lies below it (no ``..`` escape)."""
+    """Whether the normalised ``path`` is ``root`` or below it (no ``..`` escape)."""
     if not is_normal(path):
         path = posixpath.normpath(path)
     if not is_normal(root):

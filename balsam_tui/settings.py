@@ -140,7 +140,7 @@ class TransferSettings(BaseModel):
         900.0, description="longest wait between two retries, in seconds"
     )
     local_workers: _AtLeastOne = Field(
-        4, description="copy threads of the local backend"
+        4, description="copy worker processes of the local backend"
     )
     globus_sync_level: _SyncLevel | None = Field(
         None, description="skip files already at the destination, compared by this"
@@ -157,7 +157,8 @@ class TransferSettings(BaseModel):
         description="Globus gives up on a task after this long (null: its default)",
     )
     globus_client_id: _Uuid | None = Field(
-        None, description="Globus native app client id (null: this tool's own)"
+        None,
+        description="Globus native app client id (null: BALSAM_TUI_GLOBUS_CLIENT_ID)",
     )
     globus_poll_interval: _Seconds = Field(
         2.0, description="least time between two polls of Globus, in seconds"

@@ -65,8 +65,11 @@ class InstantBackend:
     def poll(self, tasks: Sequence[InFlightTask]) -> dict[int, TaskStatus]:
         return {
             t.task_id: TaskStatus(
-                t.task_id, RemoteState.SUCCEEDED, files_total=self.sizes.get(t.task_id, 0),
-                files_done=self.sizes.get(t.task_id, 0), status_text="done",
+                t.task_id,
+                RemoteState.SUCCEEDED,
+                files_total=self.sizes.get(t.task_id, 0),
+                files_done=self.sizes.get(t.task_id, 0),
+                status_text="done",
             )
             for t in tasks
         }
@@ -90,26 +93,31 @@ def build_store(root: Path, total: int) -> Site:
         INSERT INTO apps (id, name, slots, created_at) VALUES (1, 'copy',
           '{{"f": {{"direction": "in", "local_path": ".", "required": false,
                     "description": "", "recursive": false}}}}', 0);
-        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {total})
+        WITH RECURSIVE n(i) AS (
+          SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {total})
         INSERT INTO jobs (id, workdir, app_id, state, created_at, updated_at)
         SELECT i, 'j/' || i, 1,
                CASE WHEN i <= {history} THEN 'JOB_FINISHED' ELSE 'READY' END, 0, 0
         FROM n;
-        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {history // 100})
+        WITH RECURSIVE n(i) AS (
+          SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {history // 100})
         INSERT INTO transfer_tasks (id, protocol, location_alias, direction, state,
           submission_id, label, item_count, created_at, finished_at, updated_at)
         SELECT i, 'local', 'src', 'in', 'succeeded', 'old-' || i, 'old', 100, 0, 0, 0
         FROM n;
-        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {total})
-        INSERT INTO transfer_items (id, job_id, slot, direction, local_path, remote_path,
-          location_alias, state, task_id, attempts, updated_at)
+        WITH RECURSIVE n(i) AS (
+          SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {total})
+        INSERT INTO transfer_items (id, job_id, slot, direction, local_path,
+          remote_path, location_alias, state, task_id, attempts, updated_at)
         SELECT i, i, 'f', 'in', '.', '/bench/src/f' || i, 'src',
                CASE WHEN i <= {history} THEN 'done' ELSE 'pending' END,
                CASE WHEN i <= {history} THEN (i - 1) / 100 + 1 END, 1, 0
         FROM n;
-        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {history})
+        WITH RECURSIVE n(i) AS (
+          SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {history})
         INSERT INTO journal (ts, kind, job_id, item_id, task_id, message)
-        SELECT 0, 'item.state', i, i, (i - 1) / 100 + 1, 'item ' || i || ' done' FROM n;
+        SELECT 0, 'item.state', i, i, (i - 1) / 100 + 1, 'item ' || i || ' done'
+        FROM n;
         COMMIT;
         PRAGMA wal_checkpoint(TRUNCATE);
         ANALYZE;
@@ -150,8 +158,11 @@ def main() -> None:
         for label, total in (("small", args.small), ("large", args.large)):
             started = time.perf_counter()
             stores[label] = build_store(base / f"{label}-template", total)
-            print(f"built the {label} store ({total:,} items) in "
-                  f"{time.perf_counter() - started:.1f} s", flush=True)
+            print(
+                f"built the {label} store ({total:,} items) in "
+                f"{time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
         samples: dict[str, list[float]] = {"small": [], "large": []}
         for round_ in range(args.rounds):
             for label, template in stores.items():

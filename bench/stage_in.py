@@ -1,6 +1,6 @@
 """Staging in many small files through the engine, against a plain ``cp`` of them.
 
-Run: ``python bench/stage_in.py [--files 10000] [--size 65536] [--rounds 3]``
+Run: ``python bench/stage_in.py [--files 10000] [--files-per-job 10] [--rounds 3]``
 
 Both copy the same files on the same disk, alternately, ``--rounds`` times each; the
 figure is the ratio of the medians. The engine's time runs from its start to the
@@ -54,21 +54,31 @@ def time_cp(sources: Path, target: Path) -> float:
 
 
 def time_engine(
-    work: Path, sources: Path, paths: list[Path], workers: int | None = None
+    work: Path,
+    sources: Path,
+    paths: list[Path],
+    workers: int | None = None,
+    per_job: int = 1,
 ) -> float:
-    settings = f"transfers:\n  transfer_locations:\n    src: local://localhost{sources}\n"
+    settings = (
+        f"transfers:\n  transfer_locations:\n    src: local://localhost{sources}\n"
+    )
     if workers is not None:
         settings += f"  local_workers: {workers}\n"
     site = init_site(work / "site", settings_text=settings)
     db = Database(site.store_path)
-    job_store.create_app(db, "copy", {"f": {"direction": "in", "local_path": "."}})
+    slots = {f"f{k}": {"direction": "in", "local_path": "."} for k in range(per_job)}
+    job_store.create_app(db, "copy", slots)
     specs = [
         JobSpec(
             workdir=f"j/{n // PER_DIR:03d}/{n:06d}",
             app="copy",
-            transfers={"f": f"src:{p}"},
+            transfers={
+                f"f{k}": f"src:{p}"
+                for k, p in enumerate(paths[n * per_job : (n + 1) * per_job])
+            },
         )
-        for n, p in enumerate(paths)
+        for n in range(len(paths) // per_job)
     ]
     job_store.create_jobs(db, specs, load_settings(site.settings_path).locations)
 
@@ -76,7 +86,7 @@ def time_engine(
     done = threading.Event()
 
     def watch(snapshot) -> None:
-        if snapshot.job_counts.get(JobState.STAGED_IN, 0) == len(paths):
+        if snapshot.job_counts.get(JobState.STAGED_IN, 0) == len(paths) // per_job:
             done.set()
             engine.stop()
 
@@ -88,8 +98,8 @@ def time_engine(
     elapsed = time.perf_counter() - started
     staged = job_store.job_counts(db).get(JobState.STAGED_IN, 0)
     db.close()
-    if staged != len(paths):
-        raise SystemExit(f"engine stopped with {staged} of {len(paths)} staged in")
+    if staged != len(paths) // per_job:
+        raise SystemExit(f"engine stopped with {staged} jobs staged in")
     return elapsed
 
 
@@ -98,9 +108,21 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=64 * 1024)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dir", default=None, help="where to work (default: a temp dir)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="local_workers for the engine (default: the setting's)")
+    parser.add_argument(
+        "--dir", default=None, help="where to work (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--files-per-job",
+        type=int,
+        default=10,
+        help="stage-in files per job (default 10)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local_workers for the engine (default: the setting's)",
+    )
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="bench-stage-in-", dir=args.dir))
@@ -113,7 +135,9 @@ def main() -> None:
             cp_times.append(time_cp(sources, target))
             shutil.rmtree(target)
             work = base / f"engine-{round_}"
-            engine_times.append(time_engine(work, sources, paths, args.workers))
+            engine_times.append(
+                time_engine(work, sources, paths, args.workers, args.files_per_job)
+            )
             shutil.rmtree(work)
             print(
                 f"round {round_ + 1}: cp {cp_times[-1]:.2f} s, "
@@ -123,8 +147,8 @@ def main() -> None:
         cp, engine = statistics.median(cp_times), statistics.median(engine_times)
         mib = args.files * args.size / 2**20
         print(
-            f"{args.files} files of {args.size // 1024} KiB ({mib:.0f} MiB), "
-            f"median of {args.rounds}:"
+            f"{args.files} files of {args.size // 1024} KiB ({mib:.0f} MiB) in "
+            f"{args.files // args.files_per_job} jobs, median of {args.rounds} rounds:"
         )
         print(f"  cp -r   {cp:6.2f} s  {mib / cp:7.0f} MiB/s")
         print(

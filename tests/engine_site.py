@@ -75,7 +75,10 @@ def make_site(
     site = init_site(
         root / "site",
         settings_text=SETTINGS.format(
-            root=root, concurrency=concurrency, batch=batch, period=period,
+            root=root,
+            concurrency=concurrency,
+            batch=batch,
+            period=period,
             workers=workers,
         ),
     )
@@ -93,12 +96,19 @@ def make_site(
         path.write_bytes(_content(n, size))
 
     db = Database(site.store_path)
-    job_store.create_app(db, APP, {
-        "frame": {"direction": "in", "local_path": "frame.dat", "required": True},
-        "calib": {"direction": "in", "local_path": ".", "required": True},
-        "result": {"direction": "out", "local_path": "out/result.txt",
-                   "required": True},
-    })
+    job_store.create_app(
+        db,
+        APP,
+        {
+            "frame": {"direction": "in", "local_path": "frame.dat", "required": True},
+            "calib": {"direction": "in", "local_path": ".", "required": True},
+            "result": {
+                "direction": "out",
+                "local_path": "out/result.txt",
+                "required": True,
+            },
+        },
+    )
     specs = [
         JobSpec(
             workdir=f"jobs/{n:05d}",
@@ -158,7 +168,9 @@ class ComputeSide:
                     out.write_text(result_text(workdir))
                 if staged:
                     job_store.set_job_states(
-                        db, [j.id for j in staged], JobState.POSTPROCESSED,
+                        db,
+                        [j.id for j in staged],
+                        JobState.POSTPROCESSED,
                         source="test compute side",
                     )
                     self.done += len(staged)

@@ -72,11 +72,17 @@ class ScriptedBackend:
     def close(self) -> None:
         pass
 
-    def finish(self, spec: TaskSpec, failed: dict[int, tuple[str, bool]] = {}) -> None:
+    def finish(
+        self, spec: TaskSpec, failed: dict[int, tuple[str, bool]] | None = None
+    ) -> None:
+        failed = failed or {}
         outcomes = tuple(
-            FileOutcome(f.item_id, ok=f.item_id not in failed,
-                        error=failed.get(f.item_id, ("", False))[0] or None,
-                        permanent=failed.get(f.item_id, ("", False))[1])
+            FileOutcome(
+                f.item_id,
+                ok=f.item_id not in failed,
+                error=failed.get(f.item_id, ("", False))[0] or None,
+                permanent=failed.get(f.item_id, ("", False))[1],
+            )
             for f in spec.files
         )
         self.statuses[spec.task_id] = TaskStatus(
@@ -107,8 +113,11 @@ def make_site(tmp_path: Path, *, slots: int = 2, big: int = 50, small: int = 3) 
         JobSpec(workdir=f"big/{n}", app="a", transfers={"f": f"big:{tmp_path}/big/{n}"})
         for n in range(big)
     ] + [
-        JobSpec(workdir=f"small/{n}", app="a",
-                transfers={"f": f"small:{tmp_path}/small/{n}"})
+        JobSpec(
+            workdir=f"small/{n}",
+            app="a",
+            transfers={"f": f"small:{tmp_path}/small/{n}"},
+        )
         for n in range(small)
     ]
     job_store.create_jobs(db, specs, load_settings(site.settings_path).locations)
@@ -175,14 +184,22 @@ def test_a_task_left_submitting_by_a_crash_is_submitted_again_with_its_id(
     db = Database(site.store_path)
     pending = task_store.pending_items(db, "in", "big", 10, time.time())
     task, _ = task_store.claim_batch(
-        db, protocol="local", alias="big", direction="in", items=pending,
-        submission_id="crashed-before-the-call", label_prefix="t", now=time.time(),
+        db,
+        protocol="local",
+        alias="big",
+        direction="in",
+        items=pending,
+        submission_id="crashed-before-the-call",
+        label_prefix="t",
+        now=time.time(),
     )
     db.close()
 
     engine = engine_for(site, scripted)
     engine.run_cycle()
-    assert [s.submission_id for s in scripted.submissions] == ["crashed-before-the-call"]
+    assert [s.submission_id for s in scripted.submissions] == [
+        "crashed-before-the-call"
+    ]
     assert [f.item_id for f in scripted.submissions[0].files] == [i.id for i in pending]
     engine.close()
 
@@ -267,7 +284,10 @@ def test_a_stuck_task_is_cancelled_its_bad_item_failed_and_the_rest_sent_again(
     (spec,) = scripted.submissions
     bad, good, *rest = (f.item_id for f in spec.files)
     scripted.statuses[spec.task_id] = TaskStatus(
-        spec.task_id, RemoteState.ACTIVE, stuck=True, status_text="FILE_NOT_FOUND",
+        spec.task_id,
+        RemoteState.ACTIVE,
+        stuck=True,
+        status_text="FILE_NOT_FOUND",
         outcomes=(FileOutcome(bad, ok=False, error="not found", permanent=True),),
     )
     engine.pause()
@@ -320,12 +340,19 @@ def test_the_engine_wakes_for_work_added_by_another_process(tmp_path: Path) -> N
         wait_until(lambda: engine.snapshot.cycle >= 1, 30, "the first cycle")
         db = Database(site.store_path)
         job_store.create_jobs(
-            db, [JobSpec(workdir="late", app="a",
-                         transfers={"f": f"big:{tmp_path}/big/late.dat"})],
+            db,
+            [
+                JobSpec(
+                    workdir="late",
+                    app="a",
+                    transfers={"f": f"big:{tmp_path}/big/late.dat"},
+                )
+            ],
             load_settings(site.settings_path).locations,
         )
         wait_until(
-            lambda: job_store.job_counts(db).get(JobState.STAGED_IN) == 1, 30,
+            lambda: job_store.job_counts(db).get(JobState.STAGED_IN) == 1,
+            30,
             "the new job to be staged in",
         )
         db.close()
@@ -341,15 +368,17 @@ def test_a_settings_reload_with_errors_keeps_the_old_settings(
     site = make_site(tmp_path)
     engine = engine_for(site, scripted)
     good = site.settings_path.read_text()
-    site.settings_path.write_text(good.replace("transfer_batch_size: 10",
-                                               "transfer_batch_size: -1"))
+    site.settings_path.write_text(
+        good.replace("transfer_batch_size: 10", "transfer_batch_size: -1")
+    )
     engine.reload_settings()
     engine.run_cycle()
     assert engine.settings.transfers.transfer_batch_size == 10
     (problem,) = engine.snapshot.problems
     assert "settings.yml:6" in problem and "transfer_batch_size" in problem
-    site.settings_path.write_text(good.replace("transfer_batch_size: 10",
-                                               "transfer_batch_size: 3"))
+    site.settings_path.write_text(
+        good.replace("transfer_batch_size: 10", "transfer_batch_size: 3")
+    )
     engine.reload_settings()
     engine.run_cycle()
     assert engine.settings.transfers.transfer_batch_size == 3
@@ -391,10 +420,16 @@ def test_a_symlink_leading_out_of_its_location_fails_that_item_alone(
     (tmp_path / "big" / "sneaky").symlink_to(tmp_path / "secret.txt")
     (tmp_path / "big" / "fine").write_text("fine\n")
     db = Database(site.store_path)
-    job_store.create_jobs(db, [
-        JobSpec(workdir="s", app="a", transfers={"f": f"big:{tmp_path}/big/sneaky"}),
-        JobSpec(workdir="g", app="a", transfers={"f": f"big:{tmp_path}/big/fine"}),
-    ], load_settings(site.settings_path).locations)
+    job_store.create_jobs(
+        db,
+        [
+            JobSpec(
+                workdir="s", app="a", transfers={"f": f"big:{tmp_path}/big/sneaky"}
+            ),
+            JobSpec(workdir="g", app="a", transfers={"f": f"big:{tmp_path}/big/fine"}),
+        ],
+        load_settings(site.settings_path).locations,
+    )
     engine = Engine(site)
     runner = threading.Thread(target=engine.run, kwargs={"exit_when_idle": True})
     runner.start()

@@ -35,7 +35,7 @@ MISSING = frozenset({3, 250, 251, 777, 999})
 
 
 def check_final_result(es: EngineSite, before: set[Path]) -> None:
-    """Every job with its files finished, byte for byte; each missing file alone failed."""
+    """Every job with its files finished, byte for byte; missing files failed alone."""
     db = Database(es.site.store_path)
     try:
         jobs = {j.workdir: j for j in job_store.list_jobs(db)}
@@ -72,7 +72,8 @@ def check_final_result(es: EngineSite, before: set[Path]) -> None:
     written = files_under(es.root) - before
     allowed = (es.site.data_dir, es.root / "archive", es.site.log_dir)
     stray = [
-        p for p in written
+        p
+        for p in written
         if not any(p.is_relative_to(a) for a in allowed)
         and p.parent != es.site.root  # the store and the engine's lock
     ]
@@ -99,7 +100,9 @@ def test_a_thousand_jobs_stage_in_run_and_stage_out(tmp_path: Path) -> None:
         journal = job_store.recent_journal(db, 100_000)
     finally:
         db.close()
-    staged_in = [e for e in journal if e.kind == "job.state" and "STAGED_IN" in e.message]
+    staged_in = [
+        e for e in journal if e.kind == "job.state" and "STAGED_IN" in e.message
+    ]
     assert len(staged_in) == JOBS - len(MISSING)
 
 
@@ -107,9 +110,19 @@ def _headless(es: EngineSite, stderr_path: Path) -> subprocess.Popen:
     # stderr goes to a file: an unread pipe would fill and block the engine.
     with open(stderr_path, "w") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "balsam_tui", "--site", str(es.site.root),
-             "--no-ui", "--summary-every", "1"],
-            stdout=subprocess.DEVNULL, stderr=stderr, cwd=es.root,
+            [
+                sys.executable,
+                "-m",
+                "balsam_tui",
+                "--site",
+                str(es.site.root),
+                "--no-ui",
+                "--summary-every",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=es.root,
         )
 
 
@@ -127,15 +140,25 @@ def test_a_killed_engine_restarts_to_the_same_result(
 ) -> None:
     # Bigger files, one copy thread and small batches keep many tasks in flight
     # when the kill lands.
-    es = make_site(tmp_path, jobs=JOBS, missing=MISSING, size=64 * 1024, batch=20,
-                   workers=1, concurrency=4)
+    es = make_site(
+        tmp_path,
+        jobs=JOBS,
+        missing=MISSING,
+        size=64 * 1024,
+        batch=20,
+        workers=1,
+        concurrency=4,
+    )
     before = files_under(es.root)
 
     with ComputeSide(es.site):
         first = _headless(es, es.site.log_dir / "first.err")
         try:
-            wait_until(lambda: _done_items(es) >= kill_after_done, 120,
-                       f"{kill_after_done} items done")
+            wait_until(
+                lambda: _done_items(es) >= kill_after_done,
+                120,
+                f"{kill_after_done} items done",
+            )
         finally:
             first.kill()
             first.wait(timeout=10)
@@ -144,10 +167,14 @@ def test_a_killed_engine_restarts_to_the_same_result(
         db = Database(es.site.store_path)
         try:
             interrupted = job_store.count_items(db, ItemQuery(state=ItemState.ACTIVE))
-            finished_jobs = job_store.count_jobs(db, JobQuery(state=JobState.JOB_FINISHED))
+            finished_jobs = job_store.count_jobs(
+                db, JobQuery(state=JobState.JOB_FINISHED)
+            )
         finally:
             db.close()
-        assert finished_jobs < JOBS - len(MISSING), "the kill came too late to prove much"
+        assert finished_jobs < JOBS - len(MISSING), (
+            "the kill came too late to prove much"
+        )
 
         second = _headless(es, es.site.log_dir / "second.err")
         try:

@@ -56,9 +56,20 @@ def test_no_free_slot_means_no_batch() -> None:
 
 def _item(**overrides) -> ItemRecord:
     values = dict(
-        id=1, job_id=1, slot="s", direction="in", local_path="input.dat",
-        remote_path="/remote/root/a.dat", location_alias="lab", recursive=False,
-        state="active", task_id=1, attempts=0, retry_at=None, error="", permanent=False,
+        id=1,
+        job_id=1,
+        slot="s",
+        direction="in",
+        local_path="input.dat",
+        remote_path="/remote/root/a.dat",
+        location_alias="lab",
+        recursive=False,
+        state="active",
+        task_id=1,
+        attempts=0,
+        retry_at=None,
+        error="",
+        permanent=False,
     )
     values.update(overrides)
     return ItemRecord(**values)
@@ -71,9 +82,13 @@ def test_stage_in_copies_the_remote_file_into_the_workdir() -> None:
     copy = resolve_copy(_item(), "/site/data/job1", LAB)
     assert isinstance(copy, FileCopy)
     assert (copy.source, copy.destination) == (
-        "/remote/root/a.dat", "/site/data/job1/input.dat"
+        "/remote/root/a.dat",
+        "/site/data/job1/input.dat",
     )
-    assert (copy.source_root, copy.destination_root) == ("/remote/root", "/site/data/job1")
+    assert (copy.source_root, copy.destination_root) == (
+        "/remote/root",
+        "/site/data/job1",
+    )
 
 
 def test_stage_in_onto_the_workdir_itself_keeps_the_file_name() -> None:
@@ -83,8 +98,11 @@ def test_stage_in_onto_the_workdir_itself_keeps_the_file_name() -> None:
 
 
 def test_stage_out_copies_the_other_way() -> None:
-    item = _item(direction="out", local_path="out/result.json",
-                 remote_path="/remote/root/results/1.json")
+    item = _item(
+        direction="out",
+        local_path="out/result.json",
+        remote_path="/remote/root/results/1.json",
+    )
     copy = resolve_copy(item, "/site/data/job1", LAB)
     assert isinstance(copy, FileCopy)
     assert copy.source == "/site/data/job1/out/result.json"
@@ -110,12 +128,30 @@ def test_a_path_escaping_its_directory_is_a_problem_of_that_item(
 
 def _task(**overrides) -> TaskRecord:
     values = dict(
-        id=1, protocol="local", location_alias="lab", direction="in", state="active",
-        submission_id="s-1", backend_task_id="b-1", label="t", item_count=3,
-        remote_state="", files_done=0, files_failed=0, bytes_done=0, bytes_total=None,
-        bytes_per_second=0.0, status_text="", error="", submit_attempts=1,
-        next_attempt_at=None, cancel_reason="", created_at=0.0, submitted_at=0.0,
-        finished_at=None, updated_at=0.0,
+        id=1,
+        protocol="local",
+        location_alias="lab",
+        direction="in",
+        state="active",
+        submission_id="s-1",
+        backend_task_id="b-1",
+        label="t",
+        item_count=3,
+        remote_state="",
+        files_done=0,
+        files_failed=0,
+        bytes_done=0,
+        bytes_total=None,
+        bytes_per_second=0.0,
+        status_text="",
+        error="",
+        submit_attempts=1,
+        next_attempt_at=None,
+        cancel_reason="",
+        created_at=0.0,
+        submitted_at=0.0,
+        finished_at=None,
+        updated_at=0.0,
     )
     values.update(overrides)
     return TaskRecord(**values)
@@ -131,8 +167,11 @@ def _by_id(settlement) -> dict[int, object]:
 
 def test_a_succeeded_task_fails_only_its_skipped_files() -> None:
     status = TaskStatus(
-        1, RemoteState.SUCCEEDED,
-        outcomes=(FileOutcome(2, ok=False, error="source not found: /x", permanent=True),),
+        1,
+        RemoteState.SUCCEEDED,
+        outcomes=(
+            FileOutcome(2, ok=False, error="source not found: /x", permanent=True),
+        ),
     )
     updates = _by_id(reconcile(_task(), ITEMS, status, POLICY, now=1000.0))
     assert [updates[i].state for i in (1, 2, 3)] == ["done", "error", "done"]
@@ -142,7 +181,8 @@ def test_a_succeeded_task_fails_only_its_skipped_files() -> None:
 
 def test_a_transient_failure_returns_to_pending_after_a_backoff() -> None:
     status = TaskStatus(
-        1, RemoteState.SUCCEEDED,
+        1,
+        RemoteState.SUCCEEDED,
         outcomes=(FileOutcome(1, ok=False, error="disk full", permanent=False),),
     )
     update = _by_id(reconcile(_task(), ITEMS, status, POLICY, now=1000.0))[1]
@@ -152,7 +192,8 @@ def test_a_transient_failure_returns_to_pending_after_a_backoff() -> None:
 
 def test_backoff_doubles_and_the_limit_ends_automatic_retries() -> None:
     status = TaskStatus(
-        1, RemoteState.SUCCEEDED,
+        1,
+        RemoteState.SUCCEEDED,
         outcomes=(FileOutcome(1, ok=False, error="disk full", permanent=False),),
     )
     second = _by_id(reconcile(_task(), [_item(attempts=1)], status, POLICY, 0.0))[1]
@@ -163,8 +204,12 @@ def test_backoff_doubles_and_the_limit_ends_automatic_retries() -> None:
 
 
 def test_a_failed_task_fails_its_unreported_items_with_the_fatal_error() -> None:
-    status = TaskStatus(1, RemoteState.FAILED, fatal_error="deadline exceeded",
-                        outcomes=(FileOutcome(3, ok=True, bytes=10),))
+    status = TaskStatus(
+        1,
+        RemoteState.FAILED,
+        fatal_error="deadline exceeded",
+        outcomes=(FileOutcome(3, ok=True, bytes=10),),
+    )
     settlement = reconcile(_task(), ITEMS, status, POLICY, now=0.0)
     updates = _by_id(settlement)
     assert updates[3].state == "done"
@@ -174,7 +219,10 @@ def test_a_failed_task_fails_its_unreported_items_with_the_fatal_error() -> None
 
 def test_a_stuck_task_fails_the_bad_items_and_asks_for_a_cancel() -> None:
     status = TaskStatus(
-        1, RemoteState.ACTIVE, stuck=True, status_text="FILE_NOT_FOUND",
+        1,
+        RemoteState.ACTIVE,
+        stuck=True,
+        status_text="FILE_NOT_FOUND",
         outcomes=(FileOutcome(2, ok=False, error="not found", permanent=True),),
     )
     settlement = reconcile(_task(), ITEMS, status, POLICY, now=0.0)
@@ -201,8 +249,9 @@ def test_an_operator_cancel_leaves_retryable_errors() -> None:
 
 
 def test_a_running_task_only_records_progress() -> None:
-    status = TaskStatus(1, RemoteState.QUEUED, files_done=1, bytes_done=5,
-                        status_text="Queued")
+    status = TaskStatus(
+        1, RemoteState.QUEUED, files_done=1, bytes_done=5, status_text="Queued"
+    )
     settlement = reconcile(_task(), ITEMS, status, POLICY, now=0.0)
     assert settlement.updates == () and not settlement.finished
     assert settlement.task_fields["remote_state"] == "queued"

@@ -385,8 +385,10 @@ class _Resolver:
         return directory, name
 
 
-def _copy_chunk(copier: Copier, task_id: int, chunk: list[FileCopy]) -> list[FileOutcome]:
-    """Copy a chunk in the thread's worker process; a dead worker fails it, retryably."""
+def _copy_chunk(
+    copier: Copier, task_id: int, chunk: list[FileCopy]
+) -> list[FileOutcome]:
+    """Copy a chunk in the thread's worker process; a dead worker fails it, to retry."""
     try:
         return copier.copy(task_id, chunk)
     except CopierDied as exc:

@@ -96,8 +96,8 @@ class Engine:
     ) -> None:
         self.site = site
         self.db = Database(site.store_path)
-        self._settings = settings if settings is not None else load_settings(
-            site.settings_path
+        self._settings = (
+            settings if settings is not None else load_settings(site.settings_path)
         )
         self._backend_factory = backend_factory
         self._clock = clock
@@ -242,8 +242,9 @@ class Engine:
             action()
         except Exception:
             # Unexpected by definition: keep the traceback for the person who fixes it.
-            log.exception("the %s step of cycle %d failed; retrying next cycle",
-                          step, self._cycle)
+            log.exception(
+                "the %s step of cycle %d failed; retrying next cycle", step, self._cycle
+            )
 
     def _wait(self, timeout: float) -> None:
         deadline = time.monotonic() + max(timeout, 0.0)
@@ -297,13 +298,17 @@ class Engine:
             self._paused = False
             self._journal("command.resume", "engine resumed")
         elif kind == "retry_items":
-            n = job_store.retry_items(self.db, ItemQuery(ids=args[0]), source=command.source)
+            n = job_store.retry_items(
+                self.db, ItemQuery(ids=args[0]), source=command.source
+            )
             self._journal("command.retry", f"retry of {n} item(s) requested")
         elif kind == "retry_jobs":
             n = job_store.retry_items(
                 self.db, ItemQuery(job_ids=args[0]), source=command.source
             )
-            self._journal("command.retry", f"retry of {n} item(s) of {len(args[0])} job(s)")
+            self._journal(
+                "command.retry", f"retry of {n} item(s) of {len(args[0])} job(s)"
+            )
         elif kind == "retry_all":
             n = job_store.retry_items(
                 self.db, ItemQuery(state=ItemState.ERROR), source=command.source
@@ -337,15 +342,16 @@ class Engine:
         try:
             fresh = load_settings(self.site.settings_path)
         except SettingsError as exc:
-            self._settings_problem = f"settings reload refused, old settings kept: {exc}"
+            self._settings_problem = (
+                f"settings reload refused, old settings kept: {exc}"
+            )
             log.error("%s", self._settings_problem)
             return
         old = self._settings.transfers
         self._settings = fresh
         self._settings_problem = ""
-        if fresh.transfers is None or old is None or (
-            fresh.transfers.local_workers != old.local_workers
-        ):
+        if fresh.transfers != old:
+            # Rebuilt once their tasks in flight are settled, with the new values.
             self._stale_backends.update(self._backends)
         self._backend_problems.clear()
         self._journal("settings.reloaded", f"settings reloaded from {fresh.path}")
@@ -388,10 +394,15 @@ class Engine:
             self._send_cancels(backend, group)
             if self._held(protocol):
                 continue
-            self._resubmit_due(backend, [t for t in group if t.state == TaskState.SUBMITTING])
+            self._resubmit_due(
+                backend, [t for t in group if t.state == TaskState.SUBMITTING]
+            )
             active = [t for t in group if t.state == TaskState.ACTIVE]
             interval = getattr(backend, "min_poll_interval", 0.0)
-            if active and self._clock() - self._last_poll.get(protocol, 0.0) >= interval:
+            if (
+                active
+                and self._clock() - self._last_poll.get(protocol, 0.0) >= interval
+            ):
                 self._last_poll[protocol] = self._clock()
                 self._poll(protocol, backend, active)
 
@@ -404,7 +415,9 @@ class Engine:
                 items = task_store.task_items(
                     self.db, task.id, (ItemState.ACTIVE, ItemState.INACTIVE)
                 )
-                status = TaskStatus(task.id, RemoteState.CANCELLED, status_text="cancelled")
+                status = TaskStatus(
+                    task.id, RemoteState.CANCELLED, status_text="cancelled"
+                )
                 self._settle(task, items, status)
                 continue
             try:
@@ -425,11 +438,19 @@ class Engine:
                 self.db, task.id, (ItemState.ACTIVE, ItemState.INACTIVE)
             )
             if task.submit_attempts:
-                log.info("task %d: submitting again (attempt %d) under submission %s",
-                         task.id, task.submit_attempts + 1, task.submission_id)
+                log.info(
+                    "task %d: submitting again (attempt %d) under submission %s",
+                    task.id,
+                    task.submit_attempts + 1,
+                    task.submission_id,
+                )
             else:
-                log.info("task %d: submission interrupted earlier; submitting under "
-                         "the same submission id %s", task.id, task.submission_id)
+                log.info(
+                    "task %d: submission interrupted earlier; submitting under "
+                    "the same submission id %s",
+                    task.id,
+                    task.submission_id,
+                )
             self._submit(backend, task, items)
 
     def _poll(self, protocol: str, backend: Backend, tasks: list[TaskRecord]) -> None:
@@ -445,8 +466,7 @@ class Engine:
         # Items are read only for tasks with news for them; a task still running
         # costs no more than its progress update.
         settling = [
-            t.id for t in tasks
-            if t.id in statuses and _needs_items(statuses[t.id])
+            t.id for t in tasks if t.id in statuses and _needs_items(statuses[t.id])
         ]
         items_by_task = task_store.items_of_tasks(self.db, settling)
         for task in tasks:
@@ -455,16 +475,26 @@ class Engine:
                 continue
             items = items_by_task.get(task.id, [])
             try:
-                if status.state == RemoteState.LOST:
-                    log.warning("task %d is unknown to the %s backend (restarted?); "
-                                "submitting it again under the same submission id",
-                                task.id, protocol)
+                if status.state == RemoteState.LOST and task.cancel_reason:
+                    # Gone, and no longer wanted: settle it as cancelled.
+                    self._settle(
+                        task, items, replace(status, state=RemoteState.CANCELLED)
+                    )
+                elif status.state == RemoteState.LOST:
+                    log.warning(
+                        "task %d is unknown to the %s backend (restarted?); "
+                        "submitting it again under the same submission id",
+                        task.id,
+                        protocol,
+                    )
                     self._submit(backend, task, items)
                 elif self._settle(task, items, status):
                     fresh = task_store.get_task(self.db, task.id)
                     self._send_cancels(backend, [fresh] if fresh else [])
             except Exception:
-                log.exception("task %d: settling failed; will retry next cycle", task.id)
+                log.exception(
+                    "task %d: settling failed; will retry next cycle", task.id
+                )
 
     def _in_flight_with_spec(self, task: TaskRecord) -> InFlightTask:
         def load_spec() -> TaskSpec:
@@ -473,7 +503,9 @@ class Engine:
             )
             return self._spec(task, items)[0]
 
-        return InFlightTask(task.id, task.backend_task_id, task.submission_id, load_spec)
+        return InFlightTask(
+            task.id, task.backend_task_id, task.submission_id, load_spec
+        )
 
     def _settle(
         self, task: TaskRecord, items: list[ItemRecord], status: TaskStatus
@@ -487,10 +519,16 @@ class Engine:
         settlement = reconcile(task, items, status, policy, now)
         if not settlement.updates and not settlement.finished and not settlement.cancel:
             if _progress_changed(task, settlement):
-                task_store.record_progress(self.db, task.id, settlement.task_fields, now)
+                task_store.record_progress(
+                    self.db, task.id, settlement.task_fields, now
+                )
             return False
         moves = task_store.settle_items(
-            self.db, task.id, settlement.updates, now, task_fields=settlement.task_fields
+            self.db,
+            task.id,
+            settlement.updates,
+            now,
+            task_fields=settlement.task_fields,
         )
         if settlement.cancel:
             self._journal(
@@ -517,8 +555,13 @@ class Engine:
         self._poll_failures[protocol] = failures
         delay = exc.retry_after or min(2.0 * 2 ** (failures - 1), 120.0)
         self._not_before[protocol] = self._clock() + delay
-        log.warning("%s %s tasks failed (%s); trying again in %.0f s",
-                    doing, protocol, exc, delay)
+        log.warning(
+            "%s %s tasks failed (%s); trying again in %.0f s",
+            doing,
+            protocol,
+            exc,
+            delay,
+        )
 
     # -- steps 5 and 6: plan and submit ---------------------------------------------
 
@@ -575,9 +618,14 @@ class Engine:
             self._backoff(location.protocol, exc, "getting a submission id for")
             return
         claimed = task_store.claim_batch(
-            self.db, protocol=location.protocol, alias=alias, direction=direction,
-            items=batch, submission_id=submission_id,
-            label_prefix=self._label, now=self._clock(),
+            self.db,
+            protocol=location.protocol,
+            alias=alias,
+            direction=direction,
+            items=batch,
+            submission_id=submission_id,
+            label_prefix=self._label,
+            now=self._clock(),
         )
         if claimed is None:
             return
@@ -588,8 +636,15 @@ class Engine:
         message = f"location alias {alias!r} is not in the site's transfer_locations"
         now = self._clock()
         updates = [
-            ItemUpdate(i.id, i.job_id, ItemState.ERROR, error=message, permanent=True,
-                       attempts=i.attempts + 1, keep_task=False)
+            ItemUpdate(
+                i.id,
+                i.job_id,
+                ItemState.ERROR,
+                error=message,
+                permanent=True,
+                attempts=i.attempts + 1,
+                keep_task=False,
+            )
             for i in batch
         ]
         with self.db.write() as conn:
@@ -601,25 +656,46 @@ class Engine:
                     (u.state, u.error, u.attempts, now, u.item_id, ItemState.PENDING),
                 )
             job_store.journal_many(
-                conn, (("item.state", u.job_id, u.item_id, None,
-                        f"item {u.item_id} error: {message}") for u in updates), now,
+                conn,
+                (
+                    (
+                        "item.state",
+                        u.job_id,
+                        u.item_id,
+                        None,
+                        f"item {u.item_id} error: {message}",
+                    )
+                    for u in updates
+                ),
+                now,
             )
         log.error("%d item(s) refer to %s", len(batch), message)
 
-    def _submit(self, backend: Backend, task: TaskRecord, items: list[ItemRecord]) -> None:
+    def _submit(
+        self, backend: Backend, task: TaskRecord, items: list[ItemRecord]
+    ) -> None:
         spec, problems = self._spec(task, items)
         now = self._clock()
         if problems:
             updates = [
-                ItemUpdate(p.item_id, _job_of(items, p.item_id), ItemState.ERROR,
-                           error=p.reason, permanent=True, attempts=1)
+                ItemUpdate(
+                    p.item_id,
+                    _job_of(items, p.item_id),
+                    ItemState.ERROR,
+                    error=p.reason,
+                    permanent=True,
+                    attempts=1,
+                )
                 for p in problems
             ]
             fields = None
             if not spec.files:
-                fields = {"state": TaskState.FAILED.value, "finished_at": now,
-                          "error": "no file of the batch may be copied",
-                          "status_text": "refused"}
+                fields = {
+                    "state": TaskState.FAILED.value,
+                    "finished_at": now,
+                    "error": "no file of the batch may be copied",
+                    "status_text": "refused",
+                }
             task_store.settle_items(self.db, task.id, updates, now, task_fields=fields)
             for p in problems:
                 log.warning("item %d refused: %s", p.item_id, p.reason)
@@ -630,7 +706,11 @@ class Engine:
         except CredentialsRequired as exc:
             self._credentials_needed(task.protocol, exc)
             task_store.record_submit_failure(
-                self.db, task.id, str(exc), now + CREDENTIALS_RECHECK, now,
+                self.db,
+                task.id,
+                str(exc),
+                now + CREDENTIALS_RECHECK,
+                now,
                 hold_items=True,
             )
             return
@@ -639,31 +719,61 @@ class Engine:
                 self._fail_submission(task, spec, str(exc))
                 return
             delay = exc.retry_after or min(
-                SUBMIT_BACKOFF[0] * 2 ** task.submit_attempts, SUBMIT_BACKOFF[1]
+                SUBMIT_BACKOFF[0] * 2**task.submit_attempts, SUBMIT_BACKOFF[1]
             )
-            task_store.record_submit_failure(self.db, task.id, str(exc), now + delay, now)
-            log.warning("task %d: submission failed (%s); repeating it in %.0f s "
-                        "under the same submission id", task.id, exc, delay)
+            task_store.record_submit_failure(
+                self.db, task.id, str(exc), now + delay, now
+            )
+            log.warning(
+                "task %d: submission failed (%s); repeating it in %.0f s "
+                "under the same submission id",
+                task.id,
+                exc,
+                delay,
+            )
             return
         self._backend_problems.pop(task.protocol, None)
         task_store.record_submitted(self.db, task.id, backend_task_id, now)
-        log.info("task %d submitted: %s %s, %d file(s), %s", task.id, task.direction,
-                 task.location_alias, len(spec.files), backend_task_id)
+        log.info(
+            "task %d submitted: %s %s, %d file(s), %s",
+            task.id,
+            task.direction,
+            task.location_alias,
+            len(spec.files),
+            backend_task_id,
+        )
 
     def _fail_submission(self, task: TaskRecord, spec: TaskSpec, error: str) -> None:
         now = self._clock()
-        items = task_store.task_items(self.db, task.id, (ItemState.ACTIVE, ItemState.INACTIVE))
+        items = task_store.task_items(
+            self.db, task.id, (ItemState.ACTIVE, ItemState.INACTIVE)
+        )
         updates = [
-            ItemUpdate(i.id, i.job_id, ItemState.ERROR, error=error, permanent=True,
-                       attempts=i.attempts + 1)
+            ItemUpdate(
+                i.id,
+                i.job_id,
+                ItemState.ERROR,
+                error=error,
+                permanent=True,
+                attempts=i.attempts + 1,
+            )
             for i in items
         ]
         task_store.settle_items(
-            self.db, task.id, updates, now,
-            task_fields={"state": TaskState.FAILED.value, "finished_at": now,
-                         "error": error, "status_text": "refused by the service"},
+            self.db,
+            task.id,
+            updates,
+            now,
+            task_fields={
+                "state": TaskState.FAILED.value,
+                "finished_at": now,
+                "error": error,
+                "status_text": "refused by the service",
+            },
         )
-        log.error("task %d refused by the %s service: %s", task.id, task.protocol, error)
+        log.error(
+            "task %d refused by the %s service: %s", task.id, task.protocol, error
+        )
 
     def _spec(
         self, task: TaskRecord, items: Sequence[ItemRecord]
@@ -676,8 +786,13 @@ class Engine:
         problems: list[PathProblem] = []
         for item in items:
             if location is None:
-                problems.append(PathProblem(item.id, f"location alias "
-                    f"{task.location_alias!r} is no longer in transfer_locations"))
+                problems.append(
+                    PathProblem(
+                        item.id,
+                        f"location alias "
+                        f"{task.location_alias!r} is no longer in transfer_locations",
+                    )
+                )
                 continue
             workdir = f"{data_dir}/{workdirs[item.job_id]}"
             resolved = resolve_copy(item, workdir, location)
@@ -688,8 +803,12 @@ class Engine:
             else:
                 files.append(resolved)
         spec = TaskSpec(
-            task_id=task.id, submission_id=task.submission_id, label=task.label,
-            direction=task.direction, location=location, files=tuple(files),
+            task_id=task.id,
+            submission_id=task.submission_id,
+            label=task.label,
+            direction=task.direction,
+            location=location,
+            files=tuple(files),
         )
         return spec, problems
 
@@ -744,9 +863,8 @@ class Engine:
         if self._settings_problem:
             problems.append(self._settings_problem)
         problems.extend(
-            f"{protocol}: {message}" for protocol, message in sorted(
-                self._backend_problems.items()
-            )
+            f"{protocol}: {message}"
+            for protocol, message in sorted(self._backend_problems.items())
         )
         return tuple(problems)
 
@@ -804,12 +922,23 @@ def _log_finished(task: TaskRecord, settlement: Settlement) -> None:
     again = sum(u.state == ItemState.PENDING for u in settlement.updates)
     state = settlement.task_fields["state"]
     level = logging.INFO if not failed else logging.WARNING
-    log.log(level, "task %d %s: %d done, %d failed, %d to retry",
-            task.id, state, done, failed, again)
+    log.log(
+        level,
+        "task %d %s: %d done, %d failed, %d to retry",
+        task.id,
+        state,
+        done,
+        failed,
+        again,
+    )
     for update in settlement.updates:
         if update.state == ItemState.ERROR:
-            log.warning("item %d (job %d) failed: %s", update.item_id, update.job_id,
-                        update.error)
+            log.warning(
+                "item %d (job %d) failed: %s",
+                update.item_id,
+                update.job_id,
+                update.error,
+            )
 
 
 def _log_moves(moves: Iterable[tuple[int, str]]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from balsam_tui.backends.base import FileCopy
-from balsam_tui.locations import Location, is_normal, inside
+from balsam_tui.locations import Location, inside, is_normal
 from balsam_tui.states import Direction
 from balsam_tui.store.records import ItemRecord
 
@@ -80,7 +80,9 @@ def resolve_copy(
     """
     workdir = _normal(workdir)
     remote = _normal(item.remote_path)
-    local = workdir if item.local_path == "." else _normal(f"{workdir}/{item.local_path}")
+    local = (
+        workdir if item.local_path == "." else _normal(f"{workdir}/{item.local_path}")
+    )
     if not inside(local, workdir):
         return PathProblem(
             item.id, f"local path {item.local_path!r} leaves the job's workdir"
@@ -95,8 +97,11 @@ def resolve_copy(
         if local == workdir and not item.recursive:
             local = posixpath.join(workdir, posixpath.basename(remote))
         return FileCopy(
-            item_id=item.id, source=remote, destination=local,
-            source_root=location.root, destination_root=workdir,
+            item_id=item.id,
+            source=remote,
+            destination=local,
+            source_root=location.root,
+            destination_root=workdir,
             recursive=item.recursive,
         )
     if local == workdir and not item.recursive:
@@ -105,8 +110,11 @@ def resolve_copy(
             "stage-out of the whole workdir needs a recursive slot",
         )
     return FileCopy(
-        item_id=item.id, source=local, destination=remote,
-        source_root=workdir, destination_root=location.root,
+        item_id=item.id,
+        source=local,
+        destination=remote,
+        source_root=workdir,
+        destination_root=location.root,
         recursive=item.recursive,
     )
 

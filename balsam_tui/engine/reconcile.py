@@ -38,12 +38,21 @@ class RetryPolicy:
             if not permanent:
                 error = f"{error} (gave up after {failures} attempts)"
             return ItemUpdate(
-                item.id, item.job_id, ItemState.ERROR, error=error,
-                permanent=permanent, attempts=failures,
+                item.id,
+                item.job_id,
+                ItemState.ERROR,
+                error=error,
+                permanent=permanent,
+                attempts=failures,
             )
         return ItemUpdate(
-            item.id, item.job_id, ItemState.PENDING, error=error,
-            retry_at=now + self.delay(failures), attempts=failures, keep_task=False,
+            item.id,
+            item.job_id,
+            ItemState.PENDING,
+            error=error,
+            retry_at=now + self.delay(failures),
+            attempts=failures,
+            keep_task=False,
         )
 
 
@@ -128,11 +137,15 @@ def _settle_one(
     # Cancelled, and this item had not been reported done or failed.
     if task.cancel_reason == CANCEL_STUCK:
         return ItemUpdate(
-            item.id, item.job_id, ItemState.PENDING, attempts=item.attempts,
+            item.id,
+            item.job_id,
+            ItemState.PENDING,
+            attempts=item.attempts,
             keep_task=False,
         )
     reason = (
-        "cancelled by the operator" if task.cancel_reason == CANCEL_OPERATOR
+        "cancelled by the operator"
+        if task.cancel_reason == CANCEL_OPERATOR
         else "the task was cancelled at the transfer service"
     )
     return ItemUpdate(

@@ -34,7 +34,9 @@ class EngineSnapshot:
     status: EngineStatus
     cycle: int = 0
     cycle_seconds: float = 0.0
-    item_counts: Mapping[tuple[str, str], int] = field(default_factory=lambda: _frozen({}))
+    item_counts: Mapping[tuple[str, str], int] = field(
+        default_factory=lambda: _frozen({})
+    )
     job_counts: Mapping[str, int] = field(default_factory=lambda: _frozen({}))
     tasks: tuple[TaskRecord, ...] = ()
     events: tuple[JournalEntry, ...] = ()
@@ -43,7 +45,8 @@ class EngineSnapshot:
 
     def items(self, *, direction: str | None = None, state: str | None = None) -> int:
         return sum(
-            n for (d, s), n in self.item_counts.items()
+            n
+            for (d, s), n in self.item_counts.items()
             if (direction is None or d == direction) and (state is None or s == state)
         )
 

@@ -56,7 +56,9 @@ class Database:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+            self.path,
+            timeout=BUSY_TIMEOUT,
+            isolation_level=None,
             check_same_thread=False,
         )
         conn.row_factory = sqlite3.Row
@@ -166,7 +168,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 def _statements(script: str) -> Iterator[str]:
-    """Split a script into statements (``executescript`` would commit our transaction)."""
+    """Split a script into statements (``executescript`` would commit our own)."""
     buffer = ""
     for line in script.splitlines(keepends=True):
         buffer += line

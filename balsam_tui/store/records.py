@@ -107,11 +107,22 @@ class ItemRecord:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ItemRecord:
         return cls(
-            row["id"], row["job_id"], row["slot"], row["direction"],
-            row["local_path"], row["remote_path"], row["location_alias"],
-            bool(row["recursive"]), row["state"], row["task_id"], row["attempts"],
-            row["retry_at"], row["error"], bool(row["permanent"]),
-            row["transfer_info"], row["updated_at"],
+            row["id"],
+            row["job_id"],
+            row["slot"],
+            row["direction"],
+            row["local_path"],
+            row["remote_path"],
+            row["location_alias"],
+            bool(row["recursive"]),
+            row["state"],
+            row["task_id"],
+            row["attempts"],
+            row["retry_at"],
+            row["error"],
+            bool(row["permanent"]),
+            row["transfer_info"],
+            row["updated_at"],
         )
 
 

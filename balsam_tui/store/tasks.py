@@ -40,11 +40,15 @@ class ItemUpdate:
 
 def pending_groups(db: Database) -> list[tuple[str, str]]:
     """(direction, alias) groups with pending items, read from the counters."""
-    rows = db.connection().execute(
-        "SELECT direction, location_alias FROM item_counts"
-        " WHERE state = ? AND n > 0 ORDER BY direction, location_alias",
-        (ItemState.PENDING,),
-    ).fetchall()
+    rows = (
+        db.connection()
+        .execute(
+            "SELECT direction, location_alias FROM item_counts"
+            " WHERE state = ? AND n > 0 ORDER BY direction, location_alias",
+            (ItemState.PENDING,),
+        )
+        .fetchall()
+    )
     return [(r[0], r[1]) for r in rows]
 
 
@@ -52,21 +56,30 @@ def pending_items(
     db: Database, direction: str, alias: str, limit: int, now: float
 ) -> list[ItemRecord]:
     """The oldest pending items of one group that are not waiting out a backoff."""
-    rows = db.connection().execute(
-        "SELECT * FROM transfer_items WHERE state = ? AND direction = ?"
-        " AND location_alias = ? AND (retry_at IS NULL OR retry_at <= ?)"
-        " ORDER BY id LIMIT ?",
-        (ItemState.PENDING, direction, alias, now, limit),
-    ).fetchall()
+    rows = (
+        db.connection()
+        .execute(
+            "SELECT * FROM transfer_items WHERE state = ? AND direction = ?"
+            " AND location_alias = ? AND (retry_at IS NULL OR retry_at <= ?)"
+            " ORDER BY id LIMIT ?",
+            (ItemState.PENDING, direction, alias, now, limit),
+        )
+        .fetchall()
+    )
     return [ItemRecord.from_row(r) for r in rows]
 
 
 def next_retry_at(db: Database) -> float | None:
     """When the earliest backed-off pending item becomes due, if any is waiting."""
-    row = db.connection().execute(
-        "SELECT MIN(retry_at) FROM transfer_items WHERE state = ? AND retry_at IS NOT NULL",
-        (ItemState.PENDING,),
-    ).fetchone()
+    row = (
+        db.connection()
+        .execute(
+            "SELECT MIN(retry_at) FROM transfer_items"
+            " WHERE state = ? AND retry_at IS NOT NULL",
+            (ItemState.PENDING,),
+        )
+        .fetchone()
+    )
     return row[0]
 
 
@@ -111,15 +124,25 @@ def claim_batch(
         if claimed != len(items):  # some changed meanwhile: take what was claimed
             items = _task_items(conn, task_id, (ItemState.ACTIVE,))
         journal(
-            conn, "task.created",
+            conn,
+            "task.created",
             f"task {task_id}: {direction} {alias}, {claimed} item(s), "
             f"submission {submission_id}",
-            task_id=task_id, now=now,
+            task_id=task_id,
+            now=now,
         )
         journal_many(
             conn,
-            (("item.state", i.job_id, i.id, task_id, f"item {i.id} active in task {task_id}")
-             for i in items),
+            (
+                (
+                    "item.state",
+                    i.job_id,
+                    i.id,
+                    task_id,
+                    f"item {i.id} active in task {task_id}",
+                )
+                for i in items
+            ),
             now,
         )
         task = _task(conn, task_id)
@@ -133,9 +156,11 @@ def _task(conn: sqlite3.Connection, task_id: int) -> TaskRecord:
 
 
 def get_task(db: Database, task_id: int) -> TaskRecord | None:
-    row = db.connection().execute(
-        "SELECT * FROM transfer_tasks WHERE id = ?", (task_id,)
-    ).fetchone()
+    row = (
+        db.connection()
+        .execute("SELECT * FROM transfer_tasks WHERE id = ?", (task_id,))
+        .fetchone()
+    )
     return TaskRecord.from_row(row) if row else None
 
 
@@ -156,18 +181,24 @@ def task_items(
 
 
 def in_flight_tasks(db: Database) -> list[TaskRecord]:
-    rows = db.connection().execute(
-        "SELECT * FROM transfer_tasks WHERE state IN (?, ?) ORDER BY id",
-        IN_FLIGHT_TASK_STATES,
-    ).fetchall()
+    rows = (
+        db.connection()
+        .execute(
+            "SELECT * FROM transfer_tasks WHERE state IN (?, ?) ORDER BY id",
+            IN_FLIGHT_TASK_STATES,
+        )
+        .fetchall()
+    )
     return [TaskRecord.from_row(r) for r in rows]
 
 
 def recent_tasks(db: Database, limit: int) -> list[TaskRecord]:
     """In-flight tasks and the most recently created finished ones, newest first."""
-    rows = db.connection().execute(
-        "SELECT * FROM transfer_tasks ORDER BY id DESC LIMIT ?", (limit,)
-    ).fetchall()
+    rows = (
+        db.connection()
+        .execute("SELECT * FROM transfer_tasks ORDER BY id DESC LIMIT ?", (limit,))
+        .fetchall()
+    )
     return [TaskRecord.from_row(r) for r in rows]
 
 
@@ -182,25 +213,42 @@ def record_submitted(
             (ItemState.ACTIVE, now, task_id, ItemState.INACTIVE),
         )
         conn.execute(
-            "UPDATE transfer_tasks SET state = ?, backend_task_id = ?, submitted_at = ?,"
-            " submit_attempts = submit_attempts + 1, next_attempt_at = NULL, error = '',"
+            "UPDATE transfer_tasks SET state = ?, backend_task_id = ?,"
+            " submitted_at = ?, submit_attempts = submit_attempts + 1,"
+            " next_attempt_at = NULL, error = '',"
             " updated_at = ? WHERE id = ? AND state = ?",
-            (TaskState.ACTIVE, backend_task_id, now, now, task_id, TaskState.SUBMITTING),
+            (
+                TaskState.ACTIVE,
+                backend_task_id,
+                now,
+                now,
+                task_id,
+                TaskState.SUBMITTING,
+            ),
         )
         journal(
-            conn, "task.submitted", f"task {task_id} submitted as {backend_task_id}",
-            task_id=task_id, now=now,
+            conn,
+            "task.submitted",
+            f"task {task_id} submitted as {backend_task_id}",
+            task_id=task_id,
+            now=now,
         )
 
 
 def record_submit_failure(
-    db: Database, task_id: int, error: str, next_attempt_at: float, now: float,
-    *, hold_items: bool = False,
+    db: Database,
+    task_id: int,
+    error: str,
+    next_attempt_at: float,
+    now: float,
+    *,
+    hold_items: bool = False,
 ) -> None:
     """A submission did not go through; it will be repeated with the same id."""
     with db.write() as conn:
         conn.execute(
-            "UPDATE transfer_tasks SET submit_attempts = submit_attempts + 1, error = ?,"
+            "UPDATE transfer_tasks SET submit_attempts = submit_attempts + 1,"
+            " error = ?,"
             " next_attempt_at = ?, updated_at = ? WHERE id = ?",
             (error, next_attempt_at, now, task_id),
         )
@@ -210,11 +258,18 @@ def record_submit_failure(
                 " WHERE task_id = ? AND state = ?",
                 (ItemState.INACTIVE, now, task_id, ItemState.ACTIVE),
             )
-        journal(conn, "task.submit_failed", f"task {task_id}: {error}", task_id=task_id,
-                now=now)
+        journal(
+            conn,
+            "task.submit_failed",
+            f"task {task_id}: {error}",
+            task_id=task_id,
+            now=now,
+        )
 
 
-def record_progress(db: Database, task_id: int, fields: dict[str, Any], now: float) -> None:
+def record_progress(
+    db: Database, task_id: int, fields: dict[str, Any], now: float
+) -> None:
     if not fields:
         return
     names = sorted(fields)
@@ -234,8 +289,13 @@ def request_cancel(db: Database, task_id: int, reason: str, now: float) -> bool:
             (reason, now, task_id, *IN_FLIGHT_TASK_STATES),
         ).rowcount
         if changed:
-            journal(conn, "task.cancel", f"task {task_id}: cancel requested ({reason})",
-                    task_id=task_id, now=now)
+            journal(
+                conn,
+                "task.cancel",
+                f"task {task_id}: cancel requested ({reason})",
+                task_id=task_id,
+                now=now,
+            )
     return bool(changed)
 
 
@@ -262,12 +322,14 @@ def settle_items(
             )
             if "state" in task_fields:
                 journal(
-                    conn, "task.finished",
+                    conn,
+                    "task.finished",
                     f"task {task_id} {task_fields['state']}: "
                     f"{sum(u.state == ItemState.DONE for u in updates)} done, "
                     f"{sum(u.state == ItemState.ERROR for u in updates)} failed, "
                     f"{sum(u.state == ItemState.PENDING for u in updates)} to retry",
-                    task_id=task_id, now=now,
+                    task_id=task_id,
+                    now=now,
                 )
         _explain_failures(conn, updates, now)
         return advance_after_items(
@@ -292,11 +354,21 @@ def _write_item_updates(
             entry["error"] = u.error
         if u.bytes:
             entry["bytes"] = patch["bytes"] = u.bytes
-        rows.append((
-            u.state, u.error, int(u.permanent), u.retry_at, u.attempts,
-            json.dumps(entry), json.dumps(patch), now,
-            task_id if u.keep_task else None, u.item_id, task_id,
-        ))
+        rows.append(
+            (
+                u.state,
+                u.error,
+                int(u.permanent),
+                u.retry_at,
+                u.attempts,
+                json.dumps(entry),
+                json.dumps(patch),
+                now,
+                task_id if u.keep_task else None,
+                u.item_id,
+                task_id,
+            )
+        )
     # A merge patch sets attempts, error and bytes (a null error removes the key);
     # the history keeps the last HISTORY_KEPT attempts.
     conn.executemany(
@@ -311,8 +383,13 @@ def _write_item_updates(
     journal_many(
         conn,
         (
-            ("item.state", u.job_id, u.item_id, task_id,
-             f"item {u.item_id} {u.state}" + (f": {u.error}" if u.error else ""))
+            (
+                "item.state",
+                u.job_id,
+                u.item_id,
+                task_id,
+                f"item {u.item_id} {u.state}" + (f": {u.error}" if u.error else ""),
+            )
             for u in updates
         ),
         now,
@@ -332,7 +409,9 @@ def _explain_failures(
     )
 
 
-def items_of_tasks(db: Database, task_ids: Sequence[int]) -> dict[int, list[ItemRecord]]:
+def items_of_tasks(
+    db: Database, task_ids: Sequence[int]
+) -> dict[int, list[ItemRecord]]:
     result: dict[int, list[ItemRecord]] = {t: [] for t in task_ids}
     conn = db.connection()
     for chunk in _chunks(list(task_ids), 500):
