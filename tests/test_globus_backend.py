@@ -95,6 +95,14 @@ def _tasks_at_globus(standin: GlobusStandin, owner: Identity) -> list[dict]:
     return list(listing["DATA"])  # type: ignore[arg-type]
 
 
+def _copied_sources(standin: GlobusStandin, task: dict) -> list[str]:
+    """The source paths a finished task copied, in the order it copied them."""
+    listing = standin.transfer.successful_transfers(
+        SERVICE_OWNER, task["task_id"], marker=None
+    )
+    return [entry["source_path"] for entry in listing["DATA"]]  # type: ignore[index]
+
+
 def _journal(gs: GlobusSite) -> list[job_store.JournalEntry]:
     db = Database(gs.site.store_path)
     try:
@@ -178,6 +186,54 @@ def test_a_stuck_task_is_split_the_good_files_arrive_and_the_bad_item_fails(
     assert sorted(at_globus) == ["FAILED", "SUCCEEDED"]  # stuck, then the rest
     assert at_globus["FAILED"]["fatal_error"]["code"] == "CANCELED"
     assert any(entry.kind == "task.stuck" for entry in _journal(gs))
+
+
+def test_files_that_arrived_before_a_stuck_task_was_cancelled_are_not_sent_again(
+    tmp_path: Path, start_standin: Callable[..., GlobusStandin]
+) -> None:
+    jobs, missing = 20, 8
+    gs = make_globus_site(
+        tmp_path,
+        jobs=jobs,
+        missing={missing},
+        stage_out=False,
+        skip_source_errors=False,
+    )
+    # The stand-in copies a task's files in order, one per delay: the frames before
+    # the missing one arrive, then the task retries the missing one for good.
+    standin = start_standin(gs, per_file_delay=0.02, retry_interval=0.05)
+
+    with running_engine(gs.site):
+        wait_until(
+            lambda: count_items(gs.site, state=BUSY) == 0, 30, "the items to settle"
+        )
+
+    stuck, rest = sorted(
+        _tasks_at_globus(standin, SERVICE_OWNER), key=lambda t: t["status"]
+    )
+    assert (stuck["status"], stuck["fatal_error"]["code"]) == ("FAILED", "CANCELED")
+    assert rest["status"] == "SUCCEEDED"
+    before, after = range(missing), range(missing + 1, jobs)
+    assert _copied_sources(standin, stuck) == [gs.source(n) for n in before]
+    # The second task held only what had not arrived: nothing was copied twice.
+    assert rest["files"] == rest["subtasks_total"] == len(after)
+    assert _copied_sources(standin, rest) == [gs.source(n) for n in after]
+    assert standin.counters().requests["task_successful_transfers"] >= 1
+
+    assert count_items(gs.site, state=ItemState.DONE) == jobs - 1
+    db = Database(gs.site.store_path)
+    try:
+        (bad,) = job_store.list_items(db, job_store.ItemQuery(state=ItemState.ERROR))
+        bad_job = job_store.get_job(db, bad.job_id)
+    finally:
+        db.close()
+    assert bad_job.workdir == f"jobs/{missing:05d}"
+    assert bad.permanent and "FILE_NOT_FOUND" in bad.error
+    assert not (gs.workdir(missing) / "frame.dat").exists()
+    for n in [*before, *after]:
+        assert (gs.workdir(n) / "frame.dat").read_bytes() == (
+            gs.source_file(n).read_bytes()
+        )
 
 
 def test_every_file_arrives_once_through_5xx_429_and_dropped_connections(
@@ -524,6 +580,32 @@ def test_a_task_stuck_on_a_file_no_event_names_goes_again_with_skipping_on(
     assert first["skip_source_errors"] is False
     assert second["skip_source_errors"] is True
     assert (gs.workdir(1) / "frame.dat").read_bytes() == gs.source_file(1).read_bytes()
+
+
+def test_a_task_cancelled_partway_reports_the_files_that_arrived_as_done(
+    tmp_path: Path, start_standin: Callable[..., GlobusStandin]
+) -> None:
+    gs = make_globus_site(tmp_path, jobs=8, stage_out=False)
+    start_standin(gs, per_file_delay=0.1)
+    backend = _backend(gs)
+    try:
+        spec = _stage_in_spec(gs, backend, 1, range(8))
+        asked = _asked(spec, backend.submit(spec))
+        wait_until(lambda: backend.poll([asked])[1].files_done >= 2, 10, "two frames")
+        backend.cancel(asked)  # as the operator would
+        status = _poll_until_finished(backend, asked)
+    finally:
+        backend.close()
+
+    arrived = {n for n in range(8) if (gs.workdir(n) / "frame.dat").exists()}
+    assert status.state == RemoteState.CANCELLED
+    assert 2 <= len(arrived) < 8
+    assert {o.item_id for o in status.outcomes if o.ok} == arrived
+    assert all(o.ok for o in status.outcomes)  # the rest are the engine's to judge
+    for n in arrived:
+        assert (gs.workdir(n) / "frame.dat").read_bytes() == (
+            gs.source_file(n).read_bytes()
+        )
 
 
 def test_a_backend_without_an_endpoint_or_a_client_id_is_refused_in_one_line(

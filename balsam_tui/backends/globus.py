@@ -23,8 +23,12 @@ Traps:
   go again with ``skip_source_errors`` forced on, and an item in two such tasks
   fails (transiently, so the retry limit ends the loop).
 - ``task_successful_transfers`` tells which files arrived in a task that did not
-  succeed; a service without it (404) only means those items are copied again.
-  Directories are never taken as complete from that list.
+  succeed (a stuck task once cancelled, a task cancelled by the operator or
+  expired): those items are done, not copied again. Globus answers it only once a
+  task has ended, so it is asked for FAILED tasks only. A service that has no such
+  list (404) or refuses it only means those items are copied again. Directories are
+  never taken as complete from that list, and files a ``sync_level`` left alone
+  are not on it (they go again, and are left alone again).
 - The engine must never sleep: globus-sdk retries at most twice, half a second
   apart, and never on 429, whose Retry-After goes to the engine instead.
 - What this instance remembers (items refused locally, tasks reported stuck) is lost
@@ -529,6 +533,14 @@ class GlobusBackend:
                 item_id = paths().item_for(entry.get("destination_path"))
                 if item_id is not None and not paths().is_tree(item_id):
                     outcomes[item_id] = FileOutcome(item_id, ok=True)
+            if outcomes:
+                log.info(
+                    "task %d: %d item(s) had arrived before Globus task %s ended; "
+                    "they are done",
+                    asked.task_id,
+                    len(outcomes),
+                    backend_id,
+                )
 
         if (document.get("subtasks_skipped_errors") or 0) > 0:
             for entry in self._skipped_errors(backend_id):
@@ -579,7 +591,16 @@ class GlobusBackend:
                     return None
                 raise
 
-        found = self._call(fetch)
+        try:
+            found = self._call(fetch)
+        except PermanentBackendError as exc:
+            log.warning(
+                "Globus would not list the files task %s transferred (%s); they "
+                "are copied again",
+                backend_id,
+                exc,
+            )
+            return []
         if found is None:
             log.debug(
                 "Globus lists no successful transfers for %s: its files go again",

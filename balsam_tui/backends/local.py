@@ -30,6 +30,7 @@ Traps:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -453,9 +454,6 @@ def _copy_file(item: FileCopy, resolver: _Resolver) -> int:
     directory, name = resolver.destination(item)
 
     temporary = _temporary_path(directory, name, item.item_id)
-    # A leftover from a killed copy, or a symlink planted under this predictable
-    # name, must not be written through.
-    _discard_file(temporary)
     try:
         _write_file(source, status, temporary, item, shown=item.source)
         try:
@@ -478,22 +476,62 @@ def _write_file(
 ) -> None:
     """Copy ``source`` to ``temporary`` with its mode; raise unless the size matches.
 
-    ``shown`` is how errors about the source name it (the path the job gave).
+    ``shown`` is how errors about the source name it (the path the job gave). The
+    temporary is created exclusively: a leftover from a killed copy, or a symlink
+    planted under this predictable name, is removed first, never written through.
     """
+    mode = stat.S_IMODE(status.st_mode)
     try:
-        shutil.copyfile(source, temporary)
-        written = os.stat(temporary).st_size
-        os.chmod(temporary, stat.S_IMODE(status.st_mode))
+        source_fd = os.open(source, os.O_RDONLY)
     except OSError as error:
-        if error.filename == source and type(error) in _PROBLEMS:
-            raise _explain(error, "source", shown) from None
+        raise _explain(error, "source", shown) from None
+    try:
+        target_fd = _create_exclusive(temporary)
+        try:
+            written = _copy_bytes(source_fd, target_fd)
+            os.fchmod(target_fd, mode)
+        finally:
+            os.close(target_fd)
+    except OSError as error:
         raise _explain_write(error, item) from None
+    finally:
+        os.close(source_fd)
     if written != status.st_size:
         raise ItemFailed(
             f"size of {shown} changed while copying "
             f"({status.st_size} bytes expected, {written} written)",
             permanent=False,
         )
+
+
+def _create_exclusive(path: str) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(path, flags, 0o600)
+    except FileExistsError:
+        os.unlink(path)  # removes a symlink itself, not what it points at
+        return os.open(path, flags, 0o600)
+
+
+def _copy_bytes(source_fd: int, target_fd: int) -> int:
+    """Copy a file between descriptors, in the kernel where it can; bytes copied."""
+    written = 0
+    try:
+        while True:
+            sent = os.sendfile(target_fd, source_fd, written, 1 << 30)
+            if sent == 0:
+                return written
+            written += sent
+    except OSError as error:
+        if written or error.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise
+    # No sendfile between these files (another OS, an odd filesystem): plain reads.
+    while chunk := os.read(source_fd, 1 << 20):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target_fd, view) :]
+        written += len(chunk)
+    return written
 
 
 def _explain_write(error: OSError, item: FileCopy) -> ItemFailed:

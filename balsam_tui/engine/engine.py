@@ -941,6 +941,13 @@ def _log_finished(task: TaskRecord, settlement: Settlement) -> None:
             )
 
 
-def _log_moves(moves: Iterable[tuple[int, str]]) -> None:
+def _log_moves(moves: Iterable[tuple[int, str]], shown: int = 12) -> None:
+    """One line per new state, naming the jobs (the journal keeps every one)."""
+    by_state: dict[str, list[int]] = {}
     for job_id, state in moves:
-        log.info("job %d -> %s", job_id, state)
+        by_state.setdefault(state, []).append(job_id)
+    for state, job_ids in by_state.items():
+        named = ", ".join(map(str, job_ids[:shown]))
+        more = f" and {len(job_ids) - shown} more" if len(job_ids) > shown else ""
+        noun = "job" if len(job_ids) == 1 else "jobs"
+        log.info("%s %s%s -> %s", noun, named, more, state)

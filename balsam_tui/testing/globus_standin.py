@@ -426,6 +426,16 @@ def _task_skipped_errors(standin: GlobusStandin, request: _Request) -> _Answer:
     return _Answer(200, document)
 
 
+def _task_successful_transfers(standin: GlobusStandin, request: _Request) -> _Answer:
+    token = _transfer_caller(standin, request)
+    document = standin.transfer.successful_transfers(
+        token.grant.identity,
+        request.match["task_id"],
+        marker=request.query.get("marker"),
+    )
+    return _Answer(200, document)
+
+
 def _task_event_list(standin: GlobusStandin, request: _Request) -> _Answer:
     token = _transfer_caller(standin, request)
     document = standin.transfer.event_list(
@@ -602,6 +612,7 @@ _ROUTES = (
     _route("GET", TRANSFER_PREFIX + "/task_list", _task_list),
     _route("GET", _TASK, _get_task),
     _route("GET", _TASK + "/skipped_errors", _task_skipped_errors),
+    _route("GET", _TASK + "/successful_transfers", _task_successful_transfers),
     _route("GET", _TASK + "/event_list", _task_event_list),
     _route("POST", _TASK + "/cancel", _cancel_task),
     _route("GET", AUTH_PREFIX + "/oauth2/authorize", _oauth2_authorize),

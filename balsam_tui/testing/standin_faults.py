@@ -32,6 +32,7 @@ ROUTES = (
     "task_list",
     "get_task",
     "task_skipped_errors",
+    "task_successful_transfers",
     "task_event_list",
     "cancel_task",
     "oauth2_authorize",

@@ -19,6 +19,10 @@ Behaviour copied from the real service, because the engine must cope with it:
   cancel (FAILED, fatal_error CANCELED). ``nice_status`` is null once a task ends.
 - A submission id is applied once per owner; a repeat answers "Duplicate" with the
   first task's id.
+- ``successful_transfers`` lists the files a task really copied (not directories,
+  not files left alone by ``sync_level``, not skipped errors), in the order they
+  were copied, and only once the task has ended: for an ACTIVE or INACTIVE task it
+  answers 400 ``ClientError.BadRequest``, the code Globus answers (in other words).
 
 Trap: a step, file copy included, runs under the service lock, so HTTP answers wait
 for it. Fine for the small files of tests; do not point it at large data.
@@ -48,6 +52,7 @@ DEFAULT_DEADLINE = datetime.timedelta(hours=24)
 TASK_LIST_DEFAULT_LIMIT = 10
 TASK_LIST_MAX_LIMIT = 1000
 SKIPPED_ERRORS_PAGE_SIZE = 100
+SUCCESSFUL_TRANSFERS_PAGE_SIZE = 100
 
 _ERROR_DESCRIPTIONS = {
     "FILE_NOT_FOUND": "file not found",
@@ -132,6 +137,7 @@ class _Task:
     subtasks_expired: int = 0
     subtasks_skipped_errors: int = 0
     skipped: list[dict[str, object]] = field(default_factory=list)
+    transferred: list[dict[str, object]] = field(default_factory=list)
     events: list[dict[str, object]] = field(default_factory=list)
 
 
@@ -198,8 +204,9 @@ class TransferService:
         self.per_file_delay = per_file_delay
         self.active_task_limit = active_task_limit
         self.retry_interval = retry_interval
-        # Tests may lower this to see marker paging with a handful of errors.
+        # Tests may lower these to see marker paging with a handful of entries.
         self.skipped_errors_page_size = SKIPPED_ERRORS_PAGE_SIZE
+        self.successful_transfers_page_size = SUCCESSFUL_TRANSFERS_PAGE_SIZE
         self._clock = clock
         self._lock = threading.RLock()
         self._tasks: dict[str, _Task] = {}
@@ -432,22 +439,33 @@ class TransferService:
     def skipped_errors(
         self, owner: Identity, task_id: str, *, marker: str | None
     ) -> dict[str, object]:
-        try:
-            start = int(marker) if marker else 0
-        except ValueError as exc:
-            raise TransferRefusal(
-                400, "ClientError.BadRequest", f"bad marker {marker!r}"
-            ) from exc
+        start = _marker_start(marker)
         with self._lock:
             task = self._owned_task(owner, task_id)
-            page = task.skipped[start : start + self.skipped_errors_page_size]
-            end = start + len(page)
-            return {
-                "DATA_TYPE": "skipped_errors",
-                "marker": start,
-                "next_marker": end if end < len(task.skipped) else None,
-                "DATA": [dict(entry) for entry in page],
-            }
+            return _marker_page(
+                "skipped_errors", task.skipped, start, self.skipped_errors_page_size
+            )
+
+    def successful_transfers(
+        self, owner: Identity, task_id: str, *, marker: str | None
+    ) -> dict[str, object]:
+        """The files the task copied, a page at a time; only for a task that ended."""
+        start = _marker_start(marker)
+        with self._lock:
+            task = self._owned_task(owner, task_id)
+            if task.status in ("ACTIVE", "INACTIVE"):
+                raise TransferRefusal(
+                    400,
+                    "ClientError.BadRequest",
+                    f"Task '{task_id}' has not ended ({task.status}); the files it "
+                    "transferred are listed once it has",
+                )
+            return _marker_page(
+                "successful_transfers",
+                task.transferred,
+                start,
+                self.successful_transfers_page_size,
+            )
 
     def event_list(
         self,
@@ -627,6 +645,13 @@ class TransferService:
             task.files += 1
         task.files_transferred += 1
         task.bytes_transferred += size
+        task.transferred.append(
+            {
+                "DATA_TYPE": "successful_transfer",
+                "source_path": unit.source_path,
+                "destination_path": unit.destination_path,
+            }
+        )
         if task.verify_checksum:
             task.bytes_checksummed += size
         self._unit_done(task, now)
@@ -803,6 +828,30 @@ class TransferService:
             "owner_id": task.owner.sub,
             "username": task.owner.username,
         }
+
+
+def _marker_start(marker: str | None) -> int:
+    """Where a page starts: the stand-in's markers are plain list positions."""
+    try:
+        return int(marker) if marker else 0
+    except ValueError as exc:
+        raise TransferRefusal(
+            400, "ClientError.BadRequest", f"bad marker {marker!r}"
+        ) from exc
+
+
+def _marker_page(
+    data_type: str, entries: list[dict[str, object]], start: int, size: int
+) -> dict[str, object]:
+    """One page of a marker-paged list; ``next_marker`` is null on the last page."""
+    page = entries[start : start + size]
+    end = start + len(page)
+    return {
+        "DATA_TYPE": data_type,
+        "marker": start,
+        "next_marker": end if end < len(entries) else None,
+        "DATA": [dict(entry) for entry in page],
+    }
 
 
 def _parse_task_filter(text: str | None) -> dict[str, set[str]]:
