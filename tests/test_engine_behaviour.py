@@ -44,9 +44,11 @@ class ScriptedBackend:
     def __init__(self) -> None:
         self.submissions: list[TaskSpec] = []
         self.fail_submits: list[Exception] = []
+        self.fail_polls: list[Exception] = []
         self.statuses: dict[int, TaskStatus] = {}
         self.cancelled: list[int] = []
         self.known: dict[str, str] = {}
+        self.polls = 0
 
     def new_submission_id(self) -> str:
         return str(uuid.uuid4())
@@ -58,6 +60,9 @@ class ScriptedBackend:
         return self.known.setdefault(spec.submission_id, f"remote-{spec.task_id}")
 
     def poll(self, tasks: Sequence[InFlightTask]) -> dict[int, TaskStatus]:
+        self.polls += 1
+        if self.fail_polls:
+            raise self.fail_polls.pop(0)
         return {
             t.task_id: self.statuses.get(
                 t.task_id, TaskStatus(t.task_id, RemoteState.ACTIVE, status_text="busy")
@@ -440,3 +445,28 @@ def test_a_symlink_leading_out_of_its_location_fails_that_item_alone(
     assert by_workdir["s"].state == JobState.READY
     assert "outside its root" in by_workdir["s"].state_reason
     assert not (site.data_dir / "s" / "f.dat").exists()
+
+
+def test_a_backoff_that_has_passed_does_not_turn_the_wait_into_a_busy_loop(
+    tmp_path: Path, scripted: ScriptedBackend
+) -> None:
+    site = make_site(tmp_path, slots=1, big=30, small=0)
+    scripted.fail_polls.append(TransientBackendError("busy", retry_after=0.05))
+    engine = engine_for(site, scripted)
+    runner = threading.Thread(target=engine.run, daemon=True)
+    runner.start()
+    try:
+        # The first poll fails and backs off for 50 ms; the next one succeeds, and
+        # the task then stays in flight (the scripted service never ends it) with
+        # every slot taken: nothing to do for an hour-long service period.
+        wait_until(lambda: len(scripted.submissions) == 1, 30, "the submission")
+        engine.wake()
+        wait_until(lambda: scripted.polls >= 2, 30, "a poll after the backoff")
+        settled_at = engine.snapshot.cycle
+        time.sleep(1.0)
+        quiet_cycles = engine.snapshot.cycle - settled_at
+    finally:
+        engine.stop()
+        runner.join(timeout=10)
+    # A second of quiet is a handful of cycles at most, not thousands.
+    assert quiet_cycles < 10

@@ -267,14 +267,14 @@ class Engine:
         if transfers is None:
             return 5.0
         now = self._clock()
-        due = [now + transfers.service_period, *self._not_before.values()]
-        retry_at = task_store.next_retry_at(self.db)
-        if retry_at is not None:
-            due.append(retry_at)
+        later = [*self._not_before.values(), task_store.next_retry_at(self.db, now)]
         for task in task_store.in_flight_tasks(self.db):
-            if task.state == TaskState.SUBMITTING and task.next_attempt_at:
-                due.append(task.next_attempt_at)
-        return max(min(due) - now, 0.0)
+            if task.state == TaskState.SUBMITTING:
+                later.append(task.next_attempt_at)
+        # Only moments still ahead count: one already past (a backoff over, a retry
+        # due while every slot is taken) must not turn the wait into a busy loop.
+        ahead = [t for t in later if t is not None and t > now]
+        return min([transfers.service_period, *(t - now for t in ahead)])
 
     # -- commands -------------------------------------------------------------------
 

@@ -69,14 +69,13 @@ def pending_items(
     return [ItemRecord.from_row(r) for r in rows]
 
 
-def next_retry_at(db: Database) -> float | None:
-    """When the earliest backed-off pending item becomes due, if any is waiting."""
+def next_retry_at(db: Database, now: float) -> float | None:
+    """When the next backed-off pending item becomes due, if one is still waiting."""
     row = (
         db.connection()
         .execute(
-            "SELECT MIN(retry_at) FROM transfer_items"
-            " WHERE state = ? AND retry_at IS NOT NULL",
-            (ItemState.PENDING,),
+            "SELECT MIN(retry_at) FROM transfer_items WHERE state = ? AND retry_at > ?",
+            (ItemState.PENDING, now),
         )
         .fetchone()
     )
