@@ -470,3 +470,30 @@ def test_a_backoff_that_has_passed_does_not_turn_the_wait_into_a_busy_loop(
         runner.join(timeout=10)
     # A second of quiet is a handful of cycles at most, not thousands.
     assert quiet_cycles < 10
+
+
+def test_changed_settings_rebuild_a_backend_only_once_its_tasks_are_settled(
+    tmp_path: Path,
+) -> None:
+    site = make_site(tmp_path, slots=1, big=20, small=0)
+    built: list[ScriptedBackend] = []
+
+    def factory(*args: object) -> ScriptedBackend:
+        built.append(ScriptedBackend())
+        return built[-1]
+
+    engine = Engine(site, backend_factory=factory)
+    engine.run_cycle()
+    site.settings_path.write_text(
+        site.settings_path.read_text().replace("retry_limit: 2", "retry_limit: 5")
+    )
+    engine.reload_settings()
+    engine.run_cycle()
+    engine.run_cycle()
+    assert len(built) == 1  # its task is still in flight: keep it
+    built[0].finish(built[0].submissions[0])
+    engine.run_cycle()  # settles the task, then plans with a fresh backend
+    assert len(built) == 2
+    assert engine.settings.transfers.retry_limit == 5
+    assert len(built[1].submissions) == 1
+    engine.close()

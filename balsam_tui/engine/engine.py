@@ -358,8 +358,11 @@ class Engine:
 
     # -- backends -------------------------------------------------------------------
 
-    def _backend(self, protocol: str, in_flight: bool) -> Backend | None:
-        if protocol in self._stale_backends and not in_flight:
+    def _backend(self, protocol: str) -> Backend | None:
+        if protocol in self._stale_backends and not any(
+            t.protocol == protocol for t in task_store.in_flight_tasks(self.db)
+        ):
+            # Settings changed: rebuild, but only once nothing of it is in flight.
             self._stale_backends.discard(protocol)
             stale = self._backends.pop(protocol, None)
             if stale is not None:
@@ -388,7 +391,7 @@ class Engine:
         for task in tasks:
             by_protocol.setdefault(task.protocol, []).append(task)
         for protocol, group in by_protocol.items():
-            backend = self._backend(protocol, in_flight=True)
+            backend = self._backend(protocol)
             if backend is None:
                 continue
             self._send_cancels(backend, group)
@@ -606,7 +609,7 @@ class Engine:
         if location is None:
             self._fail_unknown_alias(alias, batch)
             return
-        backend = self._backend(location.protocol, in_flight=False)
+        backend = self._backend(location.protocol)
         if backend is None:
             return
         try:
