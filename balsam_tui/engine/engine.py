@@ -332,6 +332,7 @@ class Engine:
             self._journal("command.credentials", "new credentials: held work resumes")
         elif kind == "run_now":
             self._not_before.clear()
+            self._journal("command.run_now", "cycle run now, backoffs cleared")
 
     def _journal(self, kind: str, message: str) -> None:
         log.info("%s", message)
