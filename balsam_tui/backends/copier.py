@@ -18,7 +18,6 @@ import logging
 import subprocess
 import sys
 from collections import OrderedDict
-from dataclasses import asdict
 from typing import IO
 
 from balsam_tui.backends.base import FileCopy, FileOutcome
@@ -40,7 +39,8 @@ class Copier:
 
     def copy(self, task_id: int, files: list[FileCopy]) -> list[FileOutcome]:
         process = self._running()
-        request = json.dumps({"task": task_id, "files": [asdict(f) for f in files]})
+        # vars() of a dataclass instance is its field dict; asdict() deep-copies.
+        request = json.dumps({"task": task_id, "files": [vars(f) for f in files]})
         try:
             assert process.stdin is not None and process.stdout is not None
             process.stdin.write(request + "\n")
@@ -92,7 +92,7 @@ def serve(requests: IO[str], answers: IO[str]) -> None:
         while len(resolvers) > RESOLVERS_KEPT:
             resolvers.popitem(last=False)
         outcomes = [
-            asdict(_copy_item_or_report(FileCopy(**spec), resolver))
+            vars(_copy_item_or_report(FileCopy(**spec), resolver))
             for spec in request["files"]
         ]
         answers.write(json.dumps(outcomes) + "\n")

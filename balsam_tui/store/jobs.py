@@ -38,7 +38,6 @@ SLOT_KEYS = frozenset(
     {"direction", "local_path", "required", "description", "recursive"}
 )
 JOB_STATES = frozenset(s.value for s in JobState)
-ITEM_STATES = frozenset(s.value for s in ItemState)
 
 
 class ValidationError(StoreError):
@@ -359,6 +358,30 @@ _JOB_SELECT = (
 )
 
 
+def _match_any(
+    clauses: list[str], params: list[Any], column: str, values: list[Any]
+) -> None:
+    """Add ``column IN (...)``; an empty list matches nothing."""
+    values = values or [None]
+    clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+    params += values
+
+
+def _states(
+    state: str | Sequence[str], names: type[JobState] | type[ItemState]
+) -> list[str]:
+    """The states asked for, refusing a name that is not one of ``names``."""
+    states = [state] if isinstance(state, str) else list(state)
+    known = [s.value for s in names]
+    for name in states:
+        if name not in known:
+            kind = "job" if names is JobState else "item"
+            raise ValidationError(
+                f"unknown {kind} state {name!r} (one of: {', '.join(known)})"
+            )
+    return states
+
+
 @dataclass(frozen=True)
 class JobQuery:
     """Filters for listing jobs; every field narrows, ``None`` means any."""
@@ -374,19 +397,9 @@ class JobQuery:
     def where(self) -> tuple[str, list[Any]]:
         clauses, params = [], []
         if self.ids is not None:
-            ids = list(self.ids) or [-1]
-            clauses.append(f"jobs.id IN ({','.join('?' * len(ids))})")
-            params += ids
+            _match_any(clauses, params, "jobs.id", list(self.ids))
         if self.state is not None:
-            states = [self.state] if isinstance(self.state, str) else list(self.state)
-            unknown = set(states) - JOB_STATES
-            if unknown:
-                raise ValidationError(
-                    f"unknown job state {sorted(unknown)[0]!r}"
-                    f" (one of: {', '.join(s.value for s in JobState)})"
-                )
-            clauses.append(f"jobs.state IN ({','.join('?' * len(states))})")
-            params += states
+            _match_any(clauses, params, "jobs.state", _states(self.state, JobState))
         if self.app is not None:
             clauses.append("apps.name = ?")
             params.append(self.app)
@@ -675,19 +688,9 @@ class ItemQuery:
         clauses, params = [], []
         for column, values in (("id", self.ids), ("job_id", self.job_ids)):
             if values is not None:
-                values = list(values) or [-1]
-                clauses.append(f"{column} IN ({','.join('?' * len(values))})")
-                params += values
+                _match_any(clauses, params, column, list(values))
         if self.state is not None:
-            states = [self.state] if isinstance(self.state, str) else list(self.state)
-            unknown = set(states) - ITEM_STATES
-            if unknown:
-                raise ValidationError(
-                    f"unknown item state {sorted(unknown)[0]!r}"
-                    f" (one of: {', '.join(s.value for s in ItemState)})"
-                )
-            clauses.append(f"state IN ({','.join('?' * len(states))})")
-            params += states
+            _match_any(clauses, params, "state", _states(self.state, ItemState))
         if self.direction is not None:
             if self.direction not in ("in", "out"):
                 raise ValidationError(
