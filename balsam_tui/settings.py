@@ -15,6 +15,9 @@ Surprises worth knowing:
   location aliases there; pydantic checks the values.
 - A key given twice is an error inside ``transfers:`` (YAML would keep the last one
   without a word).
+- ``balsam_server:`` (this tool's own section) makes the site the transfer agent of
+  a site registered on a Balsam server. Its ``site_id`` may be left out when the
+  file has Balsam's top-level ``site_id``; only then is that key read at all.
 """
 
 from __future__ import annotations
@@ -200,6 +203,33 @@ def _parse_location_entry(alias: object, url: object) -> Location:
         raise LocationError(text.removeprefix(prefix)) from None
 
 
+# --- the balsam_server: section ------------------------------------------------------
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class ServerSettings(BaseModel):
+    """The ``balsam_server:`` section: which Balsam server and site to serve.
+
+    ``api_root`` may be left out: the Balsam client configuration names it (see
+    ``balsam_tui.server.client``). The token is never read from settings.yml.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    site_id: _AtLeastOne = Field(description="the site's id on the Balsam server")
+    api_root: Annotated[str, Strict(), AfterValidator(_http_url)] | None = Field(
+        None, description="the server's URL (null: from the Balsam client config)"
+    )
+    request_timeout: _Seconds = Field(
+        30.0, description="seconds before a request to the server is given up"
+    )
+
+
 # --- the loaded site ------------------------------------------------------------------
 
 
@@ -212,6 +242,7 @@ class SiteSettings:
     locations: Mapping[str, Location]
     from_file: frozenset[str]
     ignored_sections: tuple[str, ...]
+    server: ServerSettings | None = None
 
     def effective(self) -> list[tuple[str, object, str]]:
         """(key, value, "file" or "default") for each transfers key, in field order.
@@ -319,8 +350,9 @@ def _read_document(
 
     sections = _entries(loader, root, source=source, where="")
     transfers_entries = [entry for entry in sections if entry.key == "transfers"]
+    server, used = _read_server(loader, sections, source=source)
     ignored = tuple(
-        dict.fromkeys(str(entry.key) for entry in sections if entry.key != "transfers")
+        dict.fromkeys(str(entry.key) for entry in sections if entry.key not in used)
     )
     if len(transfers_entries) > 1:
         first, second = transfers_entries[:2]
@@ -332,11 +364,11 @@ def _read_document(
             key="transfers",
         )
     if not transfers_entries:
-        return _site(path, TransferSettings(), {}, frozenset(), ignored)
+        return _site(path, TransferSettings(), {}, frozenset(), ignored, server)
 
     section = transfers_entries[0]
     if _is_null(section.value):
-        return _site(path, None, {}, frozenset(), ignored)
+        return _site(path, None, {}, frozenset(), ignored, server)
     if not isinstance(section.value, yaml.MappingNode):
         raise SettingsError(
             f"{source}:{section.line}: transfers: must be a mapping of settings, or "
@@ -347,7 +379,7 @@ def _read_document(
         )
 
     transfers, locations, given = _read_transfers(loader, section, source=source)
-    return _site(path, transfers, locations, given, ignored)
+    return _site(path, transfers, locations, given, ignored, server)
 
 
 def _read_transfers(
@@ -386,6 +418,76 @@ def _read_transfers(
     if problems or transfers is None:
         raise _settings_error(source, problems)
     return transfers, locations, frozenset(values)
+
+
+def _read_server(
+    loader: yaml.SafeLoader, sections: list[_Entry], *, source: str
+) -> tuple[ServerSettings | None, set[str]]:
+    """The ``balsam_server:`` section, and the top-level keys it used."""
+    found = [entry for entry in sections if entry.key == "balsam_server"]
+    if not found or _is_null(found[-1].value):
+        return None, {"transfers", "balsam_server"} if found else {"transfers"}
+    if len(found) > 1:
+        raise SettingsError(
+            f"{source}:{found[1].line}: balsam_server: given twice (also on line "
+            f"{found[0].line}); keep one",
+            source=source,
+            line=found[1].line,
+            key="balsam_server",
+        )
+    section = found[0]
+    used = {"transfers", "balsam_server"}
+    if not isinstance(section.value, yaml.MappingNode):
+        raise SettingsError(
+            f"{source}:{section.line}: balsam_server: must be a mapping with site_id "
+            f"and api_root, or null (got {_kind(section.value)})",
+            source=source,
+            line=section.line,
+            key="balsam_server",
+        )
+
+    values: dict[str, object] = {}
+    lines: dict[str, int] = {}
+    problems: list[_Problem] = []
+    for entry in _entries(loader, section.value, source=source, where="balsam_server"):
+        if (
+            not isinstance(entry.key, str)
+            or entry.key not in ServerSettings.model_fields
+        ):
+            close = difflib.get_close_matches(
+                str(entry.key), ServerSettings.model_fields, n=1
+            )
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(
+                _Problem(entry.line, f"balsam_server.{entry.key}", f"unknown key{hint}")
+            )
+            continue
+        values[entry.key] = loader.construct_object(entry.value, deep=True)
+        lines[entry.key] = entry.line
+    if "site_id" not in values:
+        # A Balsam site file already names its site at the top level.
+        top = [entry for entry in sections if entry.key == "site_id"]
+        if top:
+            values["site_id"] = loader.construct_object(top[0].value, deep=True)
+            lines["site_id"] = top[0].line
+            used.add("site_id")
+
+    server = None
+    try:
+        server = ServerSettings.model_validate(values)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            where = "site_id" if name == "site_id" and "site_id" in used else None
+            key = where or (f"balsam_server.{name}" if name else "balsam_server")
+            if error["type"] == "missing":
+                message = "missing (or give the site's top-level site_id)"
+            else:
+                message = _explain(error)
+            problems.append(_Problem(lines.get(name, section.line), key, message))
+    if problems or server is None:
+        raise _settings_error(source, problems)
+    return server, used
 
 
 def _read_locations(
@@ -581,6 +683,7 @@ def _site(
     locations: dict[str, Location],
     given: frozenset[str],
     ignored: tuple[str, ...],
+    server: ServerSettings | None = None,
 ) -> SiteSettings:
     return SiteSettings(
         path=path,
@@ -588,4 +691,5 @@ def _site(
         locations=MappingProxyType(locations),
         from_file=given,
         ignored_sections=ignored,
+        server=server,
     )

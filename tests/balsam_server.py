@@ -29,6 +29,10 @@ Traps:
   owned by that user (pytest's own temporary tree is not readable by it).
 - Balsam's own client retries a failed request with exponential sleeps (minutes
   in all); ``run_client`` sets it to raise on the first failure instead.
+- ``BalsamServer.stop_api``/``start_api`` stop and restart uvicorn alone, on the
+  same port (PostgreSQL and its data stay), to play a server that goes away. The
+  fixture is shared by the whole session: a test that stops it must start it again
+  in a ``finally``.
 - A test run that is killed (not interrupted) leaves PostgreSQL and uvicorn
   running: find them with ``ps -u postgres`` and ``pgrep -f balsam.server.main``;
   their directory is ``/tmp/balsam-tui-pg-*``.
@@ -53,7 +57,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -122,6 +126,18 @@ class BalsamServer:
     python: Path
     log_path: Path
     secret_key: str = field(repr=False)
+    api_process: _ApiProcess | None = field(default=None, repr=False, compare=False)
+
+    def stop_api(self) -> None:
+        """Kill Balsam's server (uvicorn); requests now fail to connect."""
+        assert self.api_process is not None
+        self.api_process.stop()
+
+    def start_api(self) -> None:
+        """Start Balsam's server again on the same port; return once it answers."""
+        assert self.api_process is not None
+        self.api_process.start()
+        wait_until_answering(self.api_root, self.api_process.current, self.log_path)
 
     def headers(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.token}"}
@@ -165,6 +181,22 @@ class BalsamServer:
             "exp": int(time.time() + expires_in),
         }
         return _sign_jwt(claims, self.secret_key)
+
+
+class _ApiProcess:
+    """The uvicorn process of a running server, which a test may stop and restart."""
+
+    def __init__(self, start: Callable[[], subprocess.Popen[bytes]]) -> None:
+        self._start = start
+        self.current = start()
+
+    def stop(self) -> None:
+        _kill(self.current)
+
+    def start(self) -> None:
+        if self.current.poll() is None:
+            return
+        self.current = self._start()
 
 
 _CLIENT_PRELUDE = """\
@@ -272,14 +304,16 @@ def _start(
     # The server spends seconds importing and touches the database only when
     # asked, so it starts first and PostgreSQL and the schema are made meanwhile.
     log = stack.enter_context(open(log_path, "ab"))
-    process = launch_server(python, database_url, secret_key, api_port, log, runtime)
-    stack.callback(_kill, process)
+    api = _ApiProcess(
+        lambda: launch_server(python, database_url, secret_key, api_port, log, runtime)
+    )
+    stack.callback(api.stop)
 
     start_postgres(bindir, runtime, pg_port)
     stack.callback(stop_postgres, bindir, runtime)
     create_schema(python, admin_url, database_url, runtime)
 
-    wait_until_answering(api_root, process, log_path)
+    wait_until_answering(api_root, api.current, log_path)
     password = secrets.token_urlsafe(16)
     user_id, token = register_user(api_root, USERNAME, password)
     return BalsamServer(
@@ -291,6 +325,7 @@ def _start(
         python=python,
         log_path=log_path,
         secret_key=secret_key,
+        api_process=api,
     )
 
 

@@ -11,6 +11,7 @@ import pydantic
 import pytest
 
 from balsam_tui.settings import (
+    ServerSettings,
     SettingsError,
     SiteSettings,
     TransferSettings,
@@ -684,3 +685,82 @@ def test_settings_module_imports_neither_textual_nor_rich() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+# --- balsam_server: a site served from a Balsam server ------------------------------
+
+
+def test_balsam_server_section_names_the_server_and_the_site(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        balsam_server:
+          api_root: https://balsam.example.org/
+          site_id: 12
+          request_timeout: 10
+        transfers:
+          service_period: 2
+        """,
+    )
+
+    site = load_settings(path)
+
+    assert site.server == ServerSettings(
+        site_id=12, api_root="https://balsam.example.org", request_timeout=10.0
+    )
+    assert site.ignored_sections == ()
+
+
+def test_balsam_site_file_serves_its_own_site_id_when_asked(tmp_path: Path) -> None:
+    path = write(tmp_path, BALSAM_SITE_FILE + "balsam_server: {}\n")
+
+    site = load_settings(path)
+
+    assert site.server == ServerSettings(site_id=217)
+    assert site.server.api_root is None
+    assert "site_id" not in site.ignored_sections
+    assert "balsam_server" not in site.ignored_sections
+
+
+def test_without_balsam_server_a_top_level_site_id_stays_ignored(
+    tmp_path: Path,
+) -> None:
+    site = load_settings(write(tmp_path, BALSAM_SITE_FILE))
+
+    assert site.server is None
+    assert "site_id" in site.ignored_sections
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "balsam_server:\n  api_root: http://x\n",
+            ":1: balsam_server.site_id: missing (or give the site's top-level site_id)",
+        ),
+        (
+            "balsam_server:\n  site_id: 3\n  api_rot: http://x\n",
+            ":3: balsam_server.api_rot: unknown key (did you mean api_root?)",
+        ),
+        (
+            "balsam_server:\n  site_id: 3\n  api_root: balsam.example.org\n",
+            ":3: balsam_server.api_root: 'balsam.example.org' is not an http:// "
+            "or https:// URL",
+        ),
+        (
+            "site_id: '{{ site_id }}'\nbalsam_server: {}\n",
+            ":1: site_id: must be a whole number (got '{{ site_id }}')",
+        ),
+        (
+            "balsam_server: [1]\n",
+            ":1: balsam_server: must be a mapping with site_id and api_root, or null "
+            "(got a list)",
+        ),
+    ],
+)
+def test_bad_balsam_server_section_is_refused_on_its_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+
+    assert refused(path) == f"{path}{expected}"

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from balsam_tui.backends.base import (
     Backend,
@@ -63,6 +64,9 @@ from balsam_tui.store.jobs import ItemQuery
 from balsam_tui.store.records import ItemRecord, TaskRecord
 from balsam_tui.store.tasks import ItemUpdate
 
+if TYPE_CHECKING:
+    from balsam_tui.server.sync import ServerSync
+
 log = logging.getLogger(__name__)
 
 SNAPSHOT_TASKS = 40
@@ -93,6 +97,7 @@ class Engine:
         settings: SiteSettings | None = None,
         backend_factory: BackendFactory = make_backend,
         clock: Callable[[], float] = time.time,
+        sync: ServerSync | None = None,
     ) -> None:
         self.site = site
         self.db = Database(site.store_path)
@@ -124,6 +129,18 @@ class Engine:
         self._snapshot = EngineSnapshot(
             taken_at=clock(), site=site.name, status=EngineStatus.STARTING
         )
+        # Server mode (balsam_tui/server): the site's items live on a Balsam server
+        # and the store is the agent's mirror and journal, pulled before each cycle
+        # and pushed after it. The sync swallows the server's failures itself.
+        self._sync = sync if sync is not None else self._server_sync()
+
+    def _server_sync(self) -> ServerSync | None:
+        if self._settings.server is None:
+            return None
+        # Imported only here: a site served from its own store never loads httpx.
+        from balsam_tui.server.sync import sync_for_settings
+
+        return sync_for_settings(self.site, self._settings, self.db, self._clock)
 
     # -- what displays read ---------------------------------------------------------
 
@@ -209,10 +226,14 @@ class Engine:
         started = self._clock()
         self._cycle += 1
         self._apply_commands()
+        if self._sync is not None:  # server mode
+            self._guarded("pull", self._sync.pull)
         if self._settings.transfers is not None:
             self._guarded("poll", self._poll_and_settle)
             if not self._paused:
                 self._guarded("submit", self._plan_and_submit)
+        if self._sync is not None:  # server mode
+            self._guarded("push", self._sync.push)
         return self._publish(started, force=force_publish)
 
     def is_idle(self, snapshot: EngineSnapshot | None = None) -> bool:
@@ -232,6 +253,8 @@ class Engine:
             except Exception:
                 log.exception("closing the %s backend failed", protocol)
         self._backends.clear()
+        if self._sync is not None:  # server mode
+            self._sync.close()
         self._snapshot = _replace_status(self._snapshot, EngineStatus.STOPPED)
         self._notify(self._snapshot)
         log.info("engine stopped")
@@ -866,6 +889,8 @@ class Engine:
             problems.append("transfers are off: settings.yml has `transfers: null`")
         if self._settings_problem:
             problems.append(self._settings_problem)
+        if self._sync is not None and self._sync.problem:  # server mode
+            problems.append(self._sync.problem)
         problems.extend(
             f"{protocol}: {message}"
             for protocol, message in sorted(self._backend_problems.items())

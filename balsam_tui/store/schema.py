@@ -154,6 +154,44 @@ CREATE TRIGGER jobs_counted_out AFTER DELETE ON jobs BEGIN
 END;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# V2: the mirror of a site served from a Balsam server (balsam_tui/server). Local
+# rows keep the server's ids where they are free; these tables map the rest. An
+# item's ``version`` grows with every local change that the server must learn
+# (state, task, transfer_info, its task's backend id); ``pushed_version`` is the
+# version the server last accepted, so an interrupted push is simply repeated.
+_V2 = """
+CREATE TABLE server_apps (
+    app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    server_id INTEGER NOT NULL UNIQUE
+);
+
+CREATE TABLE server_jobs (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    server_id INTEGER NOT NULL UNIQUE
+);
+
+CREATE TABLE server_items (
+    item_id INTEGER PRIMARY KEY REFERENCES transfer_items(id) ON DELETE CASCADE,
+    server_id INTEGER NOT NULL UNIQUE,
+    version INTEGER NOT NULL DEFAULT 0,
+    pushed_version INTEGER NOT NULL DEFAULT 0,
+    gone INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX ix_server_items_unpushed ON server_items (item_id)
+WHERE version <> pushed_version AND gone = 0;
+
+CREATE TRIGGER server_item_changed
+AFTER UPDATE OF state, task_id, transfer_info ON transfer_items BEGIN
+    UPDATE server_items SET version = version + 1 WHERE item_id = NEW.id;
+END;
+
+CREATE TRIGGER server_task_submitted AFTER UPDATE OF backend_task_id ON transfer_tasks
+WHEN NEW.backend_task_id IS NOT OLD.backend_task_id BEGIN
+    UPDATE server_items SET version = version + 1
+    WHERE item_id IN (SELECT id FROM transfer_items WHERE task_id = NEW.id);
+END;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 
 SCHEMA_VERSION = len(MIGRATIONS)
