@@ -140,14 +140,25 @@ class DemoComputeSide:
         self._thread.join(timeout=5)
 
     def finished(self) -> bool:
-        """True once the late frame was retried and no staged-in job waits to run."""
+        """True once the late frame was retried and nothing is left to happen.
+
+        Read from the store itself, not from an engine snapshot, which may be a
+        moment old: a retried item must not look finished before it has moved.
+        """
         if not self.late_frame_retried:
             return False
         db = Database(self.site.store_path)
         try:
-            return job_store.count_jobs(db, JobQuery(state=JobState.STAGED_IN)) == 0
+            items = job_store.item_counts(db)
+            jobs = job_store.job_counts(db)
         finally:
             db.close()
+        moving = sum(
+            n
+            for (_, state), n in items.items()
+            if state in (ItemState.PENDING, ItemState.ACTIVE)
+        )
+        return moving == 0 and not jobs.get(JobState.STAGED_IN)
 
     def _run(self) -> None:
         db = Database(self.site.store_path)

@@ -42,7 +42,8 @@ def parse_location(alias: str, url: str) -> Location:
     """Parse ``protocol://netloc[/root]``; a ``LocationError`` says what is off."""
     if not isinstance(url, str) or "://" not in url:
         raise LocationError(
-            f"location {alias!r}: {url!r} is not a URL of the form protocol://netloc/root"
+            f"location {alias!r}: {url!r} is not a URL of the form "
+            "protocol://netloc/root"
         )
     parts = urlsplit(url)
     protocol = parts.scheme.lower()

@@ -310,7 +310,8 @@ def test_job_of_an_unknown_app_is_refused(api_site: Site, sim: str) -> None:
 
 def test_tags_must_be_text(api_site: Site, sim: str) -> None:
     with pytest.raises(ValidationError, match="tags"):
-        Job.objects.create(workdir="w", app="bare", tags={"n": 1})  # type: ignore[dict-item]
+        bad_tags = {"n": 1}
+        Job.objects.create(workdir="w", app="bare", tags=bad_tags)  # type: ignore
 
 
 # -- states on creation and after ---------------------------------------------------

@@ -168,7 +168,8 @@ def test_transfer_answers_have_the_shape_of_the_sdk_canned_payloads(
     listing = transfer_client.task_list(filter={"task_id": [submitted["task_id"]]})
     _assert_same_shape(listing.data, _canned("transfer.task_list"))
     task = transfer_client.get_task(submitted["task_id"])
-    _assert_same_shape(task.data, _canned("transfer.task_list")["DATA"][0])  # type: ignore[index]
+    canned = _canned("transfer.task_list")["DATA"][0]  # type: ignore[index]
+    _assert_same_shape(task.data, canned)
 
     stuck = _transfer(skip_source_errors=False)
     stuck.add_item("/in/missing.dat", "/out/missing.dat")
@@ -818,7 +819,8 @@ def test_the_active_limit_is_per_owner(site_dir: Path, remote_dir: Path) -> None
     assert nice(alice, second) == "Queued"
     assert nice(bob, other) == "FILE_NOT_FOUND"
     listing = service.task_list(bob, filter_text=None, limit=None, offset=0)
-    assert [task["task_id"] for task in listing["DATA"]] == [other]  # type: ignore[index]
+    tasks = listing["DATA"]  # type: ignore[index]
+    assert [task["task_id"] for task in tasks] == [other]
 
 
 def test_sync_level_leaves_identical_files_alone(
@@ -844,4 +846,5 @@ def test_sync_level_leaves_identical_files_alone(
     )
     assert (remote_dir / "changed").read_bytes() == b"new"
     listed = service.successful_transfers(user, task_id, marker=None)
-    assert [t["source_path"] for t in listed["DATA"]] == ["/changed"]  # type: ignore[index]
+    entries = listed["DATA"]  # type: ignore[index]
+    assert [t["source_path"] for t in entries] == ["/changed"]

@@ -308,7 +308,8 @@ class GlobusStandin:
     def transfer_token(self, *, scopes: str = TRANSFER_SCOPE) -> str:
         """A fresh access token for Transfer (no refresh token)."""
         answer = self.auth.issue_tokens(scopes=scopes, refresh_tokens=False)
-        for document in [answer, *answer.get("other_tokens", [])]:  # type: ignore[list-item]
+        others = answer.get("other_tokens", [])
+        for document in [answer, *others]:  # type: ignore[list-item]
             if document["resource_server"] == TRANSFER_RESOURCE_SERVER:
                 return str(document["access_token"])
         raise ValueError(f"scopes {scopes!r} grant nothing on Transfer")

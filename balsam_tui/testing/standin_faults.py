@@ -203,7 +203,8 @@ class StandinFaults:
                 code=str(code) if code is not None else None,
             )
         elif kind == "rate_limit":
-            retry_after = int(document.get("retry_after", 1))  # type: ignore[call-overload]
+            wait = document.get("retry_after", 1)
+            retry_after = int(wait)  # type: ignore[call-overload]
             self.rate_limit_next(count, retry_after=retry_after, route=route)
         elif kind == "drop":
             self.drop_next(count, route=route, after_apply=after_apply)

@@ -365,8 +365,9 @@ class JobsPane(Vertical):
         title = Text()
         if self._rows:
             first = self._offset + 1
+            last = first + len(self._rows) - 1
             title.append(
-                f"jobs {cells.count(first)}–{cells.count(first + len(self._rows) - 1)}"
+                f"jobs {cells.count(first)}–{cells.count(last)}"
                 f" of {cells.count(self._total)}"
             )
         else:
