@@ -16,7 +16,7 @@ import time
 from logging.handlers import RotatingFileHandler
 from types import FrameType
 
-from balsam_tui.engine import Engine, EngineSnapshot
+from balsam_tui.engine import Engine, EngineSnapshot, EngineStatus
 from balsam_tui.site import Site
 
 log = logging.getLogger("balsam_tui.headless")
@@ -51,6 +51,8 @@ class _Summary:
         self._last = 0.0
 
     def __call__(self, snapshot: EngineSnapshot) -> None:
+        if snapshot.status == EngineStatus.STOPPED:
+            return  # run_headless logs the last line itself
         now = time.monotonic()
         if now - self._last >= self.every:
             self._last = now
