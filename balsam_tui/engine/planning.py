@@ -9,7 +9,7 @@ no group waits more than one round while others hold pending work.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from balsam_tui.backends.base import FileCopy
@@ -127,11 +127,3 @@ def plan_label(site_name: str) -> str:
     """The label prefix of every task of a site, e.g. ``balsam-tui theta-site``."""
     cleaned = "".join(c if c.isalnum() or c in "-_ ." else "-" for c in site_name)
     return f"balsam-tui {cleaned}"[:100]
-
-
-def group_sizes(items: Sequence[ItemRecord]) -> dict[Group, int]:
-    sizes: dict[Group, int] = {}
-    for item in items:
-        key = (item.direction, item.location_alias)
-        sizes[key] = sizes.get(key, 0) + 1
-    return sizes
